@@ -1,0 +1,196 @@
+"""Images per second of one candidate epoch: facenas's proxy trainer vs an authors'-style DataLoader loop.
+
+Both sides train the same architecture (same initial weights) on the same images for one epoch with the same
+optimiser, batch size and augmentation (random crop 32 pad 4, cutout 16), then score the validation split:
+
+- baseline: what the authors' code does per candidate: a torchvision `Dataset` of PIL images with per-sample
+  `transforms` (RandomCrop, ToTensor, Normalize, a numpy Cutout), a `DataLoader` with 2 workers and a
+  `SubsetRandomSampler`, an epoch-wise cosine scheduler, per-step `loss.item()` bookkeeping, and validation in
+  batches of 64 through the same per-sample pipeline;
+- facenas: `fit_classifier` with the dataset in memory as uint8 and augmentation applied per batch.
+
+Data: the MNIST test set in ../shared/data/mnist (split 80/20), or scikit-learn's digits scaled to 28x28 where
+that folder is absent. Prints a table and the ratio and writes JSON to bench/results/proxy_throughput.json.
+
+    python bench/proxy_throughput.py [--depth 10] [--width 16] [--repeats 2] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler
+
+from facenas import __version__
+from facenas.config import DataConfig, TrainConfig
+from facenas.data.arrays import ImageSet, make_splits
+from facenas.data.batch_aug import AugmentSpec, BatchAugment, channel_stats
+from facenas.data.sources import load_digits, load_mnist_idx
+from facenas.models import build_model
+from facenas.space.arch import Arch
+from facenas.space.profiles import classification_profile
+from facenas.train.classify import fit_classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+# -- the baseline, written the way the authors' search script trains a candidate ---------------------------------
+
+class CutoutPerSample:
+    """Zero a square of side `length` around a random centre of a normalised (C, H, W) tensor."""
+
+    def __init__(self, length: int, rng: np.random.Generator) -> None:
+        self.length = length
+        self.rng = rng
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[1], img.shape[2]
+        mask = np.ones((h, w), np.float32)
+        y, x = self.rng.integers(h), self.rng.integers(w)
+        half = self.length // 2
+        mask[np.clip(y - half, 0, h):np.clip(y + half, 0, h), np.clip(x - half, 0, w):np.clip(x + half, 0, w)] = 0
+        return img * torch.from_numpy(mask).expand_as(img)
+
+
+class PILDataset(Dataset):
+    """uint8 arrays served as PIL images through per-sample transforms, as torchvision's MNIST does."""
+
+    def __init__(self, data: ImageSet, transform: T.Compose) -> None:
+        self.data = data
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = Image.fromarray(self.data.images[i, 0], mode="L")
+        return self.transform(img), int(self.data.labels[i])
+
+
+def baseline_epoch(model: nn.Module, train: ImageSet, val: ImageSet, spec: AugmentSpec, cfg: TrainConfig,
+                   workers: int) -> tuple[float, float, float]:
+    """(seconds, train accuracy, validation accuracy) of one epoch the authors' way."""
+    normalize = T.Normalize(spec.mean, spec.std)
+    train_tf = T.Compose([T.RandomCrop(spec.crop_size, padding=spec.padding), T.ToTensor(), normalize,
+                          CutoutPerSample(spec.cutout, np.random.default_rng(0))])
+    val_tf = T.Compose([T.ToTensor(), normalize])
+    train_loader = DataLoader(PILDataset(train, train_tf), batch_size=cfg.batch_size,
+                              sampler=SubsetRandomSampler(range(len(train))), num_workers=workers)
+    val_loader = DataLoader(PILDataset(val, val_tf), batch_size=cfg.batch_size, num_workers=workers)
+    optimizer = torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 1.0)
+    began = time.perf_counter()
+    model.train()
+    correct = total = 0
+    loss_sum = 0.0
+    for x, y in train_loader:
+        optimizer.zero_grad()
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        total += len(y)
+    scheduler.step()
+    train_acc = 100.0 * correct / total
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in val_loader:
+            logits = model(x)
+            correct += (logits.argmax(1) == y).sum().item()
+            total += len(y)
+    return time.perf_counter() - began, train_acc, 100.0 * correct / total
+
+
+def facenas_epoch(model: nn.Module, train: ImageSet, val: ImageSet, spec: AugmentSpec,
+                  cfg: TrainConfig) -> tuple[float, float, float]:
+    augment = BatchAugment(spec, train.side, torch.device("cpu"))
+    began = time.perf_counter()
+    history = fit_classifier(model, train, val, cfg=cfg, augment=augment, epochs=1, seed=0,
+                             device=torch.device("cpu"))
+    return time.perf_counter() - began, history[0].train_acc, history[0].val_acc
+
+
+def load_data() -> tuple[ImageSet, str]:
+    if (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists():
+        pool, _ = load_mnist_idx(SHARED_MNIST)
+        return pool, "MNIST test set (../shared/data/mnist)"
+    digits = load_digits()
+    big = torch.nn.functional.interpolate(torch.from_numpy(digits.images).float(), size=28, mode="bilinear")
+    return ImageSet(big.round().clamp(0, 255).to(torch.uint8).numpy(), digits.labels, digits.classes,
+                    "digits28"), "scikit-learn digits upscaled to 28x28 (../shared absent)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--depth", type=int, default=10)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2, help="epochs timed per side (best is reported)")
+    parser.add_argument("--workers", type=int, default=2, help="baseline DataLoader workers (the authors used 2)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="facenas's autocast precision (the baseline is always fp32, as the authors)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "proxy_throughput.json")
+    args = parser.parse_args()
+
+    pool, data_name = load_data()
+    splits = make_splits(pool, None, protocol="holdout", val_fraction=0.1, test_fraction=0.2, seed=0)
+    train, val = splits.train, splits.val
+    mean, std = channel_stats(train.images)
+    spec = AugmentSpec(crop_size=32, padding=4, flip=False, cutout=16, mean=mean, std=std)
+    cfg = TrainConfig()
+    facenas_cfg = TrainConfig(precision=args.precision)
+    arch = Arch.uniform(args.width, args.depth, classification_profile(1, 10, 28))
+    torch.manual_seed(0)
+    initial = build_model(arch).state_dict()
+
+    rows = {}
+    for name in ("baseline", "facenas"):
+        times, accs = [], []
+        for _ in range(args.repeats):
+            model = build_model(arch)
+            model.load_state_dict(initial)
+            if name == "baseline":
+                seconds, train_acc, val_acc = baseline_epoch(model, train, val, spec, cfg, args.workers)
+            else:
+                seconds, train_acc, val_acc = facenas_epoch(model, train, val, spec, facenas_cfg)
+            times.append(seconds)
+            accs.append((train_acc, val_acc))
+        best = min(times)
+        images = len(train) + len(val)
+        rows[name] = {"seconds": times, "best_seconds": best, "images_per_epoch": images,
+                      "images_per_second": images / best, "train_acc": accs[0][0], "val_acc": accs[0][1]}
+        print(f"{name:9s} {best:7.2f} s/epoch  {images / best:8.0f} images/s  "
+              f"(train acc {accs[0][0]:.1f}%, val acc {accs[0][1]:.1f}%)")
+    ratio = rows["facenas"]["images_per_second"] / rows["baseline"]["images_per_second"]
+    print(f"facenas / baseline throughput: {ratio:.2f}x")
+    result = {
+        "benchmark": "proxy_throughput", "ratio": ratio, "target_ratio": 2.0, "rows": rows,
+        "data": data_name, "train_images": len(train), "val_images": len(val), "arch": arch.short(),
+        "params": sum(p.numel() for p in build_model(arch).parameters()), "batch_size": cfg.batch_size,
+        "baseline_workers": args.workers, "facenas_precision": args.precision, "torch_threads": torch.get_num_threads(),
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor(),
+                    "platform": platform.platform()},
+        "facenas_version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Progress bars and summaries for the CLI (rich). Core code reports through `SearchEvents` only."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from facenas.search.journal import CandidateRecord
+from facenas.search.run import SearchEvents, SearchRun
+from facenas.search.strategy import Candidate, SearchResult
+from facenas.train.metrics import EpochMetrics
+
+
+def _bar(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, transient=True)
+
+
+def _phase_total(candidate: Candidate) -> Optional[int]:
+    """Candidates a phase will train, where that is known in advance (the micro passes)."""
+    if candidate.phase == "ops":
+        return candidate.arch.depth + 1
+    return None
+
+
+class RichSearchEvents(SearchEvents):
+    """A bar for the phase, a bar for the candidate's epochs, and one summary line per candidate."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = _bar(console)
+        self.phase: Optional[str] = None
+        self.phase_task: Any = None
+        self.cand_task: Any = None
+        self.best: dict[str, float] = {}
+
+    def __enter__(self) -> "RichSearchEvents":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def on_resume(self, completed: int, interrupted: int) -> None:
+        self.console.print(f"resuming: {completed} candidates already done"
+                           + (f", {interrupted} interrupted (restarted from scratch)" if interrupted else ""))
+
+    def on_candidate_start(self, index: int, candidate: Candidate, params: int, macs: int) -> None:
+        if candidate.phase != self.phase:
+            if self.phase_task is not None:
+                self.progress.remove_task(self.phase_task)
+            self.phase = candidate.phase
+            self.phase_task = self.progress.add_task(f"{candidate.phase} phase", total=_phase_total(candidate))
+        if self.cand_task is not None:
+            self.progress.remove_task(self.cand_task)
+        self.cand_task = self.progress.add_task(
+            f"  [{index:3d}] {candidate.arch.short()[:60]} {params / 1e6:.3f}M", total=candidate.epochs)
+
+    def on_epoch(self, index: int, candidate: Candidate, epoch: EpochMetrics) -> None:
+        if self.cand_task is not None:
+            self.progress.update(self.cand_task, completed=epoch.epoch + 1,
+                                 description=f"  [{index:3d}] {candidate.arch.short()[:60]} val {epoch.val_acc:.2f}")
+
+    def on_candidate_end(self, index: int, record: CandidateRecord) -> None:
+        c = record.candidate
+        if self.phase_task is not None:
+            self.progress.advance(self.phase_task)
+        if record.status == "failed":
+            first = (record.error or "").splitlines()[0] if record.error else "failed"
+            self.console.print(f"[{index:3d}] {c.phase:7s} {c.arch.short()}  E={c.epochs}  [red]FAILED[/]: {first}",
+                               highlight=False)
+            return
+        score = record.score or 0.0
+        mark = ""
+        if score > self.best.get(c.phase, float("-inf")):
+            self.best[c.phase] = score
+            mark = " *"
+        self.console.print(
+            f"[{index:3d}] {c.phase:7s} D{c.arch.depth} C{c.arch.width} E={c.epochs:<3d} "
+            f"{record.params / 1e6:.3f}M {record.macs / 1e6:.1f}MMAC  val {score:6.2f}  train "
+            f"{record.train_score or 0:6.2f}  {record.wall_s or 0:6.1f}s{mark}", highlight=False)
+
+    def on_done(self, result: SearchResult, records: list[CandidateRecord]) -> None:
+        for task in (self.cand_task, self.phase_task):
+            if task is not None:
+                self.progress.remove_task(task)
+        self.cand_task = self.phase_task = None
+
+
+def _pct(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.2f}%"
+
+
+def print_search_summary(console: Console, run: SearchRun) -> None:
+    s = run.summary
+    table = Table(title=f"search {s['name']}: {s['candidates']} candidates ({s['failed']} failed)")
+    for col in ("phase", "candidates", "failed", "epochs", "time"):
+        table.add_column(col, justify="right")
+    for phase, p in s["phases"].items():
+        table.add_row(phase, str(p["candidates"]), str(p["failed"]), str(p["epochs"]), f"{p['wall_s']:.0f}s")
+    console.print(table)
+    r = run.result
+    console.print(f"found: [bold]{s['arch_short']}[/]", highlight=False)
+    console.print(f"  macro depth {r.macro_depth}, width {r.macro_width} (epochs {r.macro_epochs}, score "
+                  f"{_pct(r.macro_score)}); micro width {r.micro_width} (score {_pct(r.micro_score)})",
+                  highlight=False)
+    console.print(f"  parameters {s['params']:,} ({s['params'] / 1e6:.3f} M), MACs {s['macs']:,}; "
+                  f"protocol {s['protocol']}; seed {s['seed']}", highlight=False)
+    console.print(f"  wrote {run.paths.best_arch} and {run.paths.summary}", highlight=False)
+
+
+class RichEpochs:
+    """One bar over the epochs of a training run."""
+
+    def __init__(self, console: Console, total: int, label: str) -> None:
+        self.console = console
+        self.progress = _bar(console)
+        self.total = total
+        self.label = label
+        self.task: Any = None
+
+    def __enter__(self) -> "RichEpochs":
+        self.progress.start()
+        self.task = self.progress.add_task(self.label[:70], total=self.total)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, epoch: EpochMetrics) -> None:
+        self.progress.update(self.task, completed=epoch.epoch + 1,
+                             description=f"{self.label[:50]} val {epoch.val_acc:.2f}")

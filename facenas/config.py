@@ -1,0 +1,296 @@
+"""YAML configuration -> frozen, validated models.
+
+Every knob of a run lives here with the authors' value as its default (method.md sections 2-4), and every CLI flag
+maps to one key. A config file may name a `base:` file whose values it overrides, so that a job file shows only
+what differs. Unknown keys are errors that name the file, the key path and the closest valid key; range and
+cross-field problems name the keys and the fix. Derived values are computed by functions, never written back.
+
+pydantic does the type checking and coercion; the wrapper below only turns its errors into one message each.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from facenas.errors import ConfigError
+
+DATASETS = ("digits", "mnist-idx", "mnist", "cifar10", "cifar100", "fashionmnist", "kmnist", "emnist-balanced")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DepthConfig(_Section):
+    """Depth phase (method.md section 3.1): width fixed at the maximum, all separable 3x3."""
+
+    min: int = Field(10, ge=1, description="smallest depth; the phase starts here unless `start` is set")
+    start: Optional[int] = Field(None, ge=1, description="first depth tried (default: min)")
+    max: int = Field(100, ge=1, description="the phase stops once this depth has been tried")
+    step: int = Field(1, ge=1)
+    start_epochs: int = Field(10, ge=1, description="epoch budget of the first depth candidate")
+    epoch_step: int = Field(1, ge=0, description="epochs added per depth candidate tried")
+    accept_gain: float = Field(0.10, ge=0, description="points a deeper net must gain to become the incumbent")
+    drop_tolerance: float = Field(0.05, ge=0, description="a drop larger than this counts as a failure")
+    break_count: int = Field(2, ge=0, description="failures tolerated; the next one stops the phase")
+
+    @property
+    def first(self) -> int:
+        return self.min if self.start is None else self.start
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "DepthConfig":
+        if self.min > self.max:
+            raise ValueError(f"depth.min = {self.min} is above depth.max = {self.max}; make min <= max")
+        if not self.min <= self.first <= self.max:
+            raise ValueError(f"depth.start = {self.start} must lie between depth.min and depth.max")
+        return self
+
+
+class WidthConfig(_Section):
+    """Width phase (method.md section 3.2): depth fixed, C lowered by `step`, epochs raised by `epoch_step`."""
+
+    max: int = Field(64, ge=1, description="width of the depth phase, where the width phase starts")
+    start: Optional[int] = Field(None, ge=1, description="width of the depth phase (default: max)")
+    min: int = Field(16, ge=1)
+    step: int = Field(2, ge=1)
+    epoch_step: int = Field(2, ge=0, description="epochs added per width candidate: narrower nets train longer")
+    tolerance: float = Field(0.0, ge=0, description="a narrower net is accepted at >= incumbent - tolerance")
+    break_count: int = Field(2, ge=0)
+
+    @property
+    def first(self) -> int:
+        return self.max if self.start is None else self.start
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "WidthConfig":
+        if self.min > self.max:
+            raise ValueError(f"width.min = {self.min} is above width.max = {self.max}; make min <= max")
+        if not self.min <= self.first <= self.max:
+            raise ValueError(f"width.start = {self.start} must lie between width.min and width.max")
+        if (self.first - self.min) % self.step:
+            raise ValueError(
+                f"width.start - width.min = {self.first - self.min} is not a multiple of width.step = {self.step};"
+                " the width phase would step below width.min"
+            )
+        return self
+
+
+class MicroConfig(_Section):
+    """Operation and kernel passes (method.md sections 3.3-3.4), parameter-matched at a fixed budget."""
+
+    epochs: int = Field(2, ge=1, description="epoch budget of every micro candidate")
+    param_slack_m: float = Field(0.01, ge=0, description="a candidate may exceed the budget by this (millions)")
+    kernels: tuple[int, ...] = Field((5,), description="kernel sizes tried against the default 3")
+    ops: bool = Field(True, description="run the operation pass")
+    kernel_pass: bool = Field(True, description="run the kernel pass")
+
+    @model_validator(mode="after")
+    def _kernels(self) -> "MicroConfig":
+        bad = [k for k in self.kernels if k not in (5, 7)]
+        if bad:
+            raise ValueError(f"micro.kernels = {list(self.kernels)}: only 5 and 7 can be tried against 3")
+        return self
+
+
+class SearchSpec(_Section):
+    """Everything the strategy needs to decide; nothing about how candidates are trained."""
+
+    depth: DepthConfig = DepthConfig()
+    width: WidthConfig = WidthConfig()
+    micro: MicroConfig = MicroConfig()
+    target_accuracy: float = Field(100.0, description="the depth phase stops once the incumbent reaches "
+                                                      "target_accuracy - target_tolerance")
+    target_tolerance: float = Field(0.1, ge=0)
+    score_dtype: Literal["float32", "float64"] = Field(
+        "float32", description="arithmetic of score comparisons; the authors compared float32 tensors")
+
+
+class DataConfig(_Section):
+    dataset: str = Field("digits", description=f"one of {', '.join(DATASETS)}")
+    root: str = Field("data", description="folder holding the dataset files (--data-root)")
+    download: bool = Field(False, description="download torchvision datasets that are missing (needs internet)")
+    protocol: Literal["holdout", "paper"] = Field(
+        "holdout", description="holdout: score on a validation split of the training set; paper: on the test "
+                               "split, as the authors did")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of the training pool held out for validation")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="share held out as test where a source has one split")
+    train_subset: Optional[int] = Field(None, ge=1, description="cap on training images (stratified), for proxies")
+    flip: Optional[bool] = Field(None, description="random horizontal flip (default: as the paper, per dataset)")
+    crop_size: Optional[int] = Field(None, ge=1, description="random crop side (default: 32, or the image side)")
+    crop_padding: int = Field(4, ge=0)
+    cutout: int = Field(16, ge=0, description="cutout square side, 0 to disable")
+
+    @model_validator(mode="after")
+    def _known(self) -> "DataConfig":
+        if self.dataset not in DATASETS:
+            close = difflib.get_close_matches(self.dataset, DATASETS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"data.dataset = {self.dataset!r} is not one of {', '.join(DATASETS)}{hint}")
+        return self
+
+
+class ModelConfig(_Section):
+    stem_stride: int = Field(1, ge=1, le=2)
+    reductions: int = Field(2, ge=0, le=5)
+
+
+class TrainConfig(_Section):
+    """The proxy trainer (method.md section 2): plain momentum SGD, cosine to 0, clip 5, cross-entropy."""
+
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.025, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(3e-4, ge=0)
+    grad_clip: float = Field(5.0, gt=0)
+    lr_schedule: Literal["cosine_step", "authors_epoch"] = Field(
+        "cosine_step", description="cosine_step: per-step cosine reaching 0 after exactly E epochs; authors_epoch:"
+                                   " the authors' per-epoch stepping (epoch e uses the rate of e+1, last epoch 0)")
+    eval_batch_size: int = Field(1000, ge=1)
+    channels_last: bool = Field(True, description="NHWC memory layout: faster convolutions on CPU (oneDNN) and GPU")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast precision; fp32 as the authors. bf16 is fast on CPUs with AMX and on GPUs; "
+                            "fp16 needs CUDA")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
+
+
+class FinalConfig(_Section):
+    """Final training of the found architecture (method.md section 4)."""
+
+    epochs: int = Field(600, ge=1)
+    checkpoint_every: int = Field(1, ge=1, description="epochs between resumable checkpoints")
+
+
+class RunConfig(_Section):
+    out: Optional[str] = Field(None, description="run directory (default: runs/<name>)")
+    resume: bool = Field(False, description="continue the run in `out` where it stopped")
+    executor: Literal["subprocess", "inline"] = Field(
+        "subprocess", description="subprocess: each candidate in a child process so memory cannot leak; inline: "
+                                  "in this process (debugging)")
+
+
+class Config(_Section):
+    """A whole run: `facenas search`, `facenas train-final`."""
+
+    name: str = "search"
+    seed: int = Field(0, ge=0)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    search: SearchSpec = SearchSpec()
+    train: TrainConfig = TrainConfig()
+    final: FinalConfig = FinalConfig()
+    run: RunConfig = RunConfig()
+
+    def out_dir(self) -> Path:
+        return Path(self.run.out) if self.run.out else Path("runs") / self.name
+
+
+# -- loading ---------------------------------------------------------------------------------------------------
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in seen:
+        raise ConfigError(f"{path}: `base:` files form a cycle ({' -> '.join(map(str, seen + (path,)))})")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (path.parent / str(base)).resolve()
+    return _deep_merge(_read_yaml(base_path, seen + (path,)), data)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys at `loc` (the parent of a bad key), for the "closest key" hint."""
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        current = field.annotation
+    return list(getattr(current, "model_fields", {}))
+
+
+def _explain(exc: ValidationError, source: str, model: type[BaseModel]) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            valid = _field_names(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f"; did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))!r}?" if close else ""
+            lines.append(f"unknown key {key!r}{hint} (valid here: {', '.join(valid)})")
+        elif err["type"] == "value_error":
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(msg if not key else f"{msg}")
+        else:
+            lines.append(f"{key} = {err.get('input')!r}: {err['msg']}")
+    return ConfigError(f"{source}: " + "; ".join(lines))
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>", model: type[BaseModel] = Config) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc, source, model) from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                model: type[BaseModel] = Config) -> Any:
+    """Read a YAML config (with its `base:` chain), apply dotted-key overrides (the CLI flags), validate."""
+    data: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, dotted, value)
+    return parse_config(data, str(path) if path is not None else "<defaults>", model)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key.path=value` from `--set`, the value read as YAML (so numbers and lists keep their type)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. search.depth.max=12")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML: {exc}") from exc
+    return key.strip(), value
+
+
+def to_yaml(config: BaseModel) -> str:
+    """The resolved config, written into every run directory."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

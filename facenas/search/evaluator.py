@@ -1,0 +1,44 @@
+"""The evaluator seam: architecture + epoch budget -> metrics with per-epoch curves.
+
+The strategy never trains anything. An evaluator does, and anything that follows this protocol can stand behind
+the same search: facenas's own trainers (`facenas.train.evaluators`), a table of known scores (`replay.py`), or a
+user's own code. Evaluators are picklable and cheap to pickle so that an executor can ship one to a child
+process; heavy state (datasets) is loaded lazily in the process that trains.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Protocol, runtime_checkable
+
+from facenas.space.arch import Arch
+from facenas.train.metrics import EpochMetrics, Metrics
+
+__all__ = ["EpochCallback", "EpochMetrics", "Evaluator", "Metrics"]
+
+
+EpochCallback = Callable[[EpochMetrics], None]
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Trains and scores one architecture for a budget of `epochs`.
+
+    Raise `facenas.errors.TrainingError` (e.g. a NaN loss) or any other exception for a candidate that cannot
+    be trained: the search records it as failed and goes on. Raise `DataError` or `ConfigError` for problems
+    that no candidate can get past: the search stops.
+    """
+
+    def evaluate(self, arch: Arch, epochs: int, *, seed: int,
+                 on_epoch: Optional[EpochCallback] = None) -> Metrics:
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What this evaluator is (name, data, protocol), for the journal and the reports."""
+        ...
+
+
+def make_task(config: Any) -> tuple[Evaluator, Any]:
+    """(evaluator, search-space profile) for a run config: the one door from `search` into `train`."""
+    from facenas.train.evaluators import ClassificationEvaluator, profile_for_config
+
+    return ClassificationEvaluator(config), profile_for_config(config)

@@ -1,0 +1,221 @@
+"""The search loop, and the run directory around it: the only place with side effects.
+
+`run_search` asks the strategy for the next candidate, writes it to the journal, has the executor train it,
+writes the result, and repeats. All state lives in the journal, so resuming is the same call on the same
+journal. `start_run` wraps that with a run directory (resolved config, journal, `best_arch.json`, summary).
+Progress is reported through `SearchEvents`, which the CLI implements with progress bars; this code only logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from facenas import __version__
+from facenas.config import Config, SearchSpec, to_yaml
+from facenas.errors import JournalError
+from facenas.search.evaluator import EpochMetrics, Evaluator
+from facenas.search.executor import CandidateFailed, Executor
+from facenas.search.journal import CandidateRecord, SQLiteJournal
+from facenas.search.strategy import (Candidate, Done, HistoryMismatch, Outcome, SearchResult, next_step)
+from facenas.space.arch import Profile
+from facenas.space.count import count_macs, count_params
+
+log = logging.getLogger(__name__)
+
+JOURNAL_FILE = "journal.sqlite"
+BEST_ARCH_FILE = "best_arch.json"
+SUMMARY_FILE = "summary.json"
+
+
+class SearchEvents:
+    """Progress hooks; every method is a no-op so a subclass overrides only what it shows."""
+
+    def on_resume(self, completed: int, interrupted: int) -> None: ...
+
+    def on_candidate_start(self, index: int, candidate: Candidate, params: int, macs: int) -> None: ...
+
+    def on_epoch(self, index: int, candidate: Candidate, epoch: EpochMetrics) -> None: ...
+
+    def on_candidate_end(self, index: int, record: CandidateRecord) -> None: ...
+
+    def on_done(self, result: SearchResult, records: list[CandidateRecord]) -> None: ...
+
+
+def candidate_seed(run_seed: int, index: int) -> int:
+    """A per-candidate seed that depends only on the run seed and the candidate's place in the search.
+
+    So a resumed run trains candidate i exactly as an uninterrupted run would.
+    """
+    return int(np.random.SeedSequence([run_seed, index]).generate_state(1)[0])
+
+
+def run_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, journal: SQLiteJournal,
+               executor: Executor, *, seed: int, events: Optional[SearchEvents] = None) -> SearchResult:
+    """Run (or continue) a search until the strategy is done; returns its result."""
+    events = events or SearchEvents()
+    history = journal.history()
+    while True:
+        try:
+            step = next_step(spec, profile, history)
+        except HistoryMismatch as exc:
+            raise JournalError(
+                f"{journal.path}: the journal does not follow this search configuration ({exc}); resume with the "
+                "config the run started with, or start a new run directory"
+            ) from None
+        if isinstance(step, Done):
+            events.on_done(step.result, journal.completed())
+            return step.result
+        candidate, index = step.candidate, step.index
+        params, macs = count_params(candidate.arch), count_macs(candidate.arch)
+        cseed = candidate_seed(seed, index)
+        record_id = journal.begin(index, candidate, params=params, macs=macs, seed=cseed)
+        events.on_candidate_start(index, candidate, params, macs)
+
+        def on_epoch(epoch: EpochMetrics, _id: int = record_id, _c: Candidate = candidate, _i: int = index) -> None:
+            journal.log_epoch(_id, epoch)
+            events.on_epoch(_i, _c, epoch)
+
+        try:
+            metrics = executor.run(evaluator, candidate.arch, candidate.epochs, seed=cseed, on_epoch=on_epoch)
+        except CandidateFailed as failure:
+            log.warning("candidate %d failed: %s", index, failure.error.splitlines()[0])
+            journal.fail(record_id, failure.error, failure.wall_s)
+            outcome = Outcome.failure()
+        else:
+            journal.finish(record_id, metrics)
+            outcome = Outcome(metrics.best_val, metrics.best_train)
+        history.append((candidate, outcome))
+        events.on_candidate_end(index, journal.record(record_id))
+
+
+# -- run directories ---------------------------------------------------------------------------------------------
+
+def fingerprint(config: Config) -> str:
+    """Hash of everything that changes which candidates a run proposes or how they score.
+
+    Where to write (`run`), and how many threads or which device, do not enter: a run may resume elsewhere.
+    """
+    data = config.model_dump(mode="json")
+    data.pop("run", None)
+    data.pop("final", None)
+    for key in ("device", "threads", "eval_batch_size"):
+        data["train"].pop(key, None)
+    data["data"].pop("root", None)
+    data["data"].pop("download", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def journal(self) -> Path:
+        return self.root / JOURNAL_FILE
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def best_arch(self) -> Path:
+        return self.root / BEST_ARCH_FILE
+
+    @property
+    def summary(self) -> Path:
+        return self.root / SUMMARY_FILE
+
+
+def open_journal(config: Config, resume: bool, evaluator_info: dict[str, Any]) -> tuple[SQLiteJournal, int, int]:
+    """Create or reopen the run's journal; returns it with the counts of completed and interrupted candidates."""
+    paths = RunPaths(config.out_dir())
+    exists = paths.journal.exists()
+    if exists and not resume:
+        raise JournalError(
+            f"{paths.root} already holds a search; pass --resume to continue it, or choose another --out"
+        )
+    if resume and not exists:
+        log.info("nothing to resume in %s; starting a new search", paths.root)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    journal = SQLiteJournal(paths.journal)
+    meta = journal.meta()
+    if meta:
+        if meta.get("fingerprint") != fingerprint(config):
+            journal.close()
+            raise JournalError(
+                f"{paths.journal} was started with another configuration (see {paths.config}); resume with that "
+                "config, or choose another --out for this one"
+            )
+    else:
+        journal.set_meta({
+            "fingerprint": fingerprint(config), "seed": config.seed, "name": config.name,
+            "config": config.model_dump(mode="json"), "facenas_version": __version__,
+            "created_at": time.time(), "python": platform.python_version(), "evaluator": evaluator_info,
+        })
+        paths.config.write_text(to_yaml(config))
+    interrupted = journal.recover()
+    return journal, len(journal.completed()), interrupted
+
+
+def write_outputs(config: Config, result: SearchResult, records: list[CandidateRecord],
+                  evaluator_info: dict[str, Any], elapsed_s: float) -> dict[str, Any]:
+    """`best_arch.json` (the architecture, loadable by `facenas train-final`) and `summary.json`."""
+    paths = RunPaths(config.out_dir())
+    arch = result.arch
+    paths.best_arch.write_text(arch.to_json(indent=2) + "\n")
+    phases: dict[str, dict[str, float]] = {}
+    for r in records:
+        p = phases.setdefault(r.candidate.phase, {"candidates": 0, "failed": 0, "wall_s": 0.0, "epochs": 0})
+        p["candidates"] += 1
+        p["failed"] += r.status == "failed"
+        p["wall_s"] += r.wall_s or 0.0
+        p["epochs"] += r.candidate.epochs
+    summary = {
+        "name": config.name, "seed": config.seed, "protocol": config.data.protocol, "dataset": config.data.dataset,
+        "evaluator": evaluator_info, "result": result.to_dict(), "arch": arch.to_dict(), "arch_short": arch.short(),
+        "params": count_params(arch), "macs": count_macs(arch), "candidates": len(records),
+        "failed": sum(r.status == "failed" for r in records), "phases": phases,
+        "candidate_wall_s": sum(r.wall_s or 0.0 for r in records), "session_wall_s": elapsed_s,
+        "facenas_version": __version__,
+    }
+    paths.summary.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+@dataclass(frozen=True)
+class SearchRun:
+    result: SearchResult
+    summary: dict[str, Any]
+    records: list[CandidateRecord]
+    paths: RunPaths
+
+
+def search_from_config(config: Config, *, events: Optional[SearchEvents] = None,
+                       executor: Optional[Executor] = None) -> SearchRun:
+    """Run or resume (`run.resume`) the search a config describes, in its run directory."""
+    from facenas.search.evaluator import make_task
+    from facenas.search.executor import make_executor
+
+    began = time.perf_counter()
+    evaluator, profile = make_task(config)
+    info = evaluator.describe()
+    journal, completed, interrupted = open_journal(config, config.run.resume, info)
+    with journal:
+        if events is not None and (completed or interrupted):
+            events.on_resume(completed, interrupted)
+        result = run_search(config.search, profile, evaluator, journal, executor or make_executor(config.run.executor, evaluator),
+                            seed=config.seed, events=events)
+        records = journal.records()
+    completed_records = [r for r in records if r.status in ("finished", "failed")]
+    summary = write_outputs(config, result, completed_records, info, time.perf_counter() - began)
+    summary["interrupted_attempts"] = sum(r.status == "interrupted" for r in records)
+    return SearchRun(result, summary, completed_records, RunPaths(config.out_dir()))

@@ -1,0 +1,158 @@
+"""The proxy trainer for image classification (method.md section 2), also used for final training.
+
+Cross-entropy, momentum SGD, cosine to 0 over exactly E epochs, batch 64, gradient-norm clip 5. The score of a
+candidate is its best validation accuracy over the E epochs; the train accuracy of an epoch is the running
+accuracy on its augmented batches, as the authors measured it.
+
+Speed: the whole split lives on the training device as uint8, batches are cut by index and augmented in a few
+tensor ops (`BatchAugment`), and validation runs in large batches under `inference_mode`. Determinism: the
+shuffle and the augmentation of epoch e come from a generator seeded by (seed, e), so a run resumed at epoch e
+sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Any, Callable, Optional, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facenas.config import TrainConfig
+from facenas.data.arrays import ImageSet
+from facenas.data.batch_aug import BatchAugment
+from facenas.errors import NonFiniteLossError
+from facenas.train.metrics import EpochMetrics
+from facenas.train.optim import CosineSchedule, make_optimizer
+
+_NAN_CHECK_EVERY = 16  # steps between finiteness checks (each one is a device sync on GPU)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from facenas.errors import ConfigError
+
+        raise ConfigError(f"train.device = {name!r} but CUDA is not available on this machine; use cpu or auto")
+    return device
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """The autocast context for a precision name (fp32: none)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        from facenas.errors import ConfigError
+
+        raise ConfigError("train.precision = fp16 needs a CUDA device; use bf16 on the CPU")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    gen = torch.Generator()
+    gen.manual_seed(int(np.random.SeedSequence([seed, epoch, 7]).generate_state(1)[0]))
+    return gen
+
+
+class Checkpointer(Protocol):
+    def load(self) -> Optional[dict[str, Any]]: ...
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, augment: BatchAugment,
+             batch_size: int, precision: str = "fp32") -> tuple[float, float]:
+    """(accuracy %, mean loss) on uint8 images at their native size."""
+    model.eval()
+    cast = autocast(images.device, precision)
+    correct = torch.zeros((), dtype=torch.long, device=images.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
+    for start in range(0, len(labels), batch_size):
+        x = augment.normalize(images[start:start + batch_size])
+        y = labels[start:start + batch_size]
+        with cast:
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+    n = max(len(labels), 1)
+    return 100.0 * correct.item() / n, loss_sum.item() / n
+
+
+def to_device(data: ImageSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(data.images).to(device), torch.from_numpy(data.labels).to(device)
+
+
+def fit_classifier(model: nn.Module, train: ImageSet, val: ImageSet, *, cfg: TrainConfig, augment: BatchAugment,
+                   epochs: int, seed: int, device: torch.device,
+                   on_epoch: Optional[Callable[[EpochMetrics], None]] = None,
+                   checkpoint: Optional[Checkpointer] = None) -> list[EpochMetrics]:
+    """Train for `epochs` epochs; returns the per-epoch metrics (a checkpoint lets it resume mid-run)."""
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    cast = autocast(device, cfg.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    x_train, y_train = to_device(train, device)
+    x_val, y_val = to_device(val, device)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    optimizer = make_optimizer(model, cfg)
+    schedule = CosineSchedule(optimizer, cfg, epochs, steps_per_epoch)
+    history: list[EpochMetrics] = []
+    start_epoch = 0
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = [EpochMetrics.from_dict(e) for e in state["history"]]
+        start_epoch = len(history)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    for epoch in range(start_epoch, epochs):
+        began = time.perf_counter()
+        gen = epoch_generator(seed, epoch)
+        schedule.start_epoch(epoch)
+        order = torch.randperm(len(train), generator=gen).to(device)
+        model.train()
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        lr_first = math.nan
+        for step, index in enumerate(order.split(cfg.batch_size)):
+            schedule.before_step(epoch, step)
+            if step == 0:
+                lr_first = schedule.lr
+            x = augment(x_train[index], gen)
+            y = y_train[index]
+            with cast:
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.detach().double() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            if step % _NAN_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+                raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+        train_loss = loss_sum.item() / len(train)
+        if not math.isfinite(train_loss):
+            raise NonFiniteLossError(f"training loss became {train_loss} in epoch {epoch + 1}")
+        val_acc, val_loss = evaluate(model, x_val, y_val, augment, cfg.eval_batch_size, cfg.precision)
+        metrics = EpochMetrics(epoch=epoch, train_acc=100.0 * correct.item() / len(train), val_acc=val_acc,
+                               train_loss=train_loss, val_loss=val_loss, lr=lr_first,
+                               seconds=time.perf_counter() - began)
+        history.append(metrics)
+        if checkpoint is not None:
+            checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "history": [e.to_dict() for e in history]})
+        if on_epoch is not None:
+            on_epoch(metrics)
+    return history

@@ -1,0 +1,75 @@
+"""facenas's own evaluator for image classification: train a candidate with the proxy trainer, score it.
+
+The evaluator holds only the run's config, so it pickles in microseconds and can be shipped to a child process;
+the dataset is loaded (and cached per process) the first time a candidate is trained.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import torch
+
+from facenas.config import Config, DataConfig
+from facenas.data.arrays import ImageSet
+from facenas.data.batch_aug import AugmentSpec, BatchAugment, channel_stats
+from facenas.data.sources import dataset_info, load_splits
+from facenas.models import build_model
+from facenas.space.arch import Arch, Profile
+from facenas.space.profiles import classification_profile
+from facenas.train.classify import fit_classifier, resolve_device
+from facenas.train.metrics import EpochMetrics, Metrics
+
+
+def profile_for_config(config: Config) -> Profile:
+    info = dataset_info(config.data.dataset)
+    return classification_profile(info.in_channels, info.num_classes, info.side,
+                                  stem_stride=config.model.stem_stride, reductions=config.model.reductions)
+
+
+def augment_spec(data: DataConfig, train: ImageSet) -> AugmentSpec:
+    """The paper's augmentation for this dataset: crop 32 pad 4 (28x28 sets are cropped to 32 in training and
+    evaluated at 28), cutout 16, flip only for CIFAR and FashionMNIST; config keys override each part."""
+    info = dataset_info(data.dataset)
+    side = train.side
+    crop = data.crop_size if data.crop_size is not None else (32 if side in (28, 32) else side)
+    mean, std = channel_stats(train.images)
+    return AugmentSpec(crop_size=crop, padding=data.crop_padding, flip=info.flip if data.flip is None else data.flip,
+                       cutout=data.cutout, mean=mean, std=std)
+
+
+def setup_torch(config: Config) -> torch.device:
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    device = resolve_device(config.train.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+class ClassificationEvaluator:
+    """Candidate -> proxy training on the run's train split -> best validation accuracy."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def describe(self) -> dict[str, Any]:
+        data = self.config.data
+        return {"name": "classification", "dataset": data.dataset, "protocol": data.protocol,
+                "train_subset": data.train_subset, "lr_schedule": self.config.train.lr_schedule,
+                "batch_size": self.config.train.batch_size}
+
+    def evaluate(self, arch: Arch, epochs: int, *, seed: int,
+                 on_epoch: Optional[Any] = None) -> Metrics:
+        began = time.perf_counter()
+        device = setup_torch(self.config)
+        splits = load_splits(self.config.data, self.config.seed)
+        augment = BatchAugment(augment_spec(self.config.data, splits.train), splits.train.side, device)
+        torch.manual_seed(seed)
+        model = build_model(arch)
+        history: list[EpochMetrics] = fit_classifier(
+            model, splits.train, splits.val, cfg=self.config.train, augment=augment, epochs=epochs, seed=seed,
+            device=device, on_epoch=on_epoch)
+        return Metrics(tuple(history), time.perf_counter() - began,
+                       {"device": str(device), "train_images": len(splits.train), "val_images": len(splits.val)})

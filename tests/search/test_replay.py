@@ -1,0 +1,133 @@
+"""Exact replay of the authors' runs through facenas's strategy, and the `facenas replay` CLI contract."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from facenas.cli.main import app
+from facenas.errors import DataError
+from facenas.search.egnas_log import parse_search_log
+from facenas.search.replay import load_log, replay
+from tests.conftest import REPLAY_LOGS
+from tests.search.authors_log import render
+
+pytestmark = pytest.mark.skipif(not REPLAY_LOGS, reason="../shared/data/egnas-replay is absent")
+runner = CliRunner()
+FINAL_KEYS = ("macro_depth", "macro_width", "macro_epochs", "micro_width", "ops", "kernels")
+
+
+@pytest.mark.parametrize("log", REPLAY_LOGS, ids=lambda p: p.stem)
+def test_shared_logs_replay_exactly(log):
+    report = replay(load_log(log))
+    assert report.divergence is None, report.divergence
+    assert report.ok
+    assert report.candidates_matched == len(json.loads(log.read_text())["candidates"])
+    final = json.loads(log.read_text())["final"]
+    got = report.to_dict()
+    assert {k: got[k] for k in FINAL_KEYS} == {k: final[k] for k in FINAL_KEYS}
+
+
+@pytest.mark.parametrize("log", REPLAY_LOGS, ids=lambda p: p.stem)
+def test_cli_replay_json_contract(log):
+    result = runner.invoke(app, ["replay", str(log), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    for key in ("candidates_matched", "candidates_total", *FINAL_KEYS):
+        assert key in data
+    assert data["candidates_matched"] == data["candidates_total"]
+
+
+def _altered(tmp_path, log, index, **changes):
+    data = json.loads(log.read_text())
+    data["candidates"][index].update(changes)
+    path = tmp_path / "altered.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_changed_score_makes_the_strategy_diverge_and_the_cli_names_the_candidate(tmp_path):
+    log = REPLAY_LOGS[0]
+    data = json.loads(log.read_text())
+    # Make the second depth candidate a big win: the strategy then takes another path than the authors did.
+    cand = data["candidates"][1]
+    boosted = [v + 30.0 for v in cand["val_curve"]]
+    path = _altered(tmp_path, log, 1, val_curve=boosted, best_val=max(boosted))
+    result = runner.invoke(app, ["replay", str(path)])
+    assert result.exit_code == 1
+    assert "DIVERGED" in result.output and "diverged at candidate" in result.output
+    assert "facenas proposed" in result.output and "log has" in result.output
+    data = json.loads(runner.invoke(app, ["replay", str(path), "--json"]).output)
+    assert data["candidates_matched"] < data["candidates_total"] and "divergence" in data
+
+
+def test_a_changed_candidate_is_reported_at_its_index(tmp_path):
+    log = REPLAY_LOGS[0]
+    data = json.loads(log.read_text())
+    index = len(data["candidates"]) - 3
+    wrong = copy.deepcopy(data["candidates"][index])
+    wrong["width"] += 1
+    path = _altered(tmp_path, log, index, width=wrong["width"])
+    report = replay(load_log(path))
+    assert not report.ok and report.divergence.index == index
+    assert f"C{wrong['width']}" in report.divergence.logged
+
+
+def test_a_truncated_log_diverges_where_it_ends(tmp_path):
+    log = REPLAY_LOGS[0]
+    data = json.loads(log.read_text())
+    data["candidates"] = data["candidates"][:-2]
+    path = tmp_path / "short.json"
+    path.write_text(json.dumps(data))
+    report = replay(load_log(path))
+    assert not report.ok and report.divergence.index == len(data["candidates"])
+
+
+@pytest.mark.parametrize("log", REPLAY_LOGS, ids=lambda p: p.stem)
+def test_raw_searchlog_text_parses_to_the_same_run(log, tmp_path):
+    data = json.loads(log.read_text())
+    text = render(data)
+    parsed = parse_search_log(text)
+    assert len(parsed["candidates"]) == len(data["candidates"])
+    for got, want in zip(parsed["candidates"], data["candidates"]):
+        for key in ("phase", "depth", "width", "ops", "kernels", "epochs", "params_m", "val_curve", "best_val"):
+            assert got[key] == want[key], key
+    path = tmp_path / "Searchlog.txt"
+    path.write_text(text)
+    assert replay(load_log(path)).ok
+
+
+def test_long_arrays_wrapped_by_numpy_are_joined():
+    ops = [0] * 45
+    text = render({"args": "Namespace(dataset='KMNIST')", "candidates": [{
+        "phase": "depth", "depth": 45, "width": 8, "ops": ops, "kernels": [3] * 45, "epochs": 1, "params_m": 0.1,
+        "train_curve": [1.0], "val_curve": [2.0], "best_train": 1.0, "best_val": 2.0}],
+        "final": {"macro_depth": 45, "macro_width": 8, "macro_epochs": 1, "micro_width": 8, "ops": ops,
+                  "kernels": [3] * 45}})
+    assert "\n 0 0" in text  # the array really is wrapped
+    parsed = parse_search_log(text)
+    assert parsed["candidates"][0]["ops"] == ops and parsed["final"]["kernels"] == [3] * 45
+
+
+def test_malformed_logs_get_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="no 'Arguments = Namespace"):
+        parse_search_log("hello\n")
+    text = render(json.loads(REPLAY_LOGS[0].read_text()))
+    cut = text[: text.index("Best Validation Accuracy")]
+    with pytest.raises(DataError, match="ends in the middle of candidate 0"):
+        parse_search_log(cut)
+    missing = tmp_path / "missing.json"
+    with pytest.raises(DataError, match="does not exist"):
+        load_log(missing)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_log(broken)
+
+
+def test_cli_replay_on_a_missing_file_is_one_clear_line(tmp_path):
+    result = runner.invoke(app, ["replay", str(tmp_path / "nope.json")])
+    assert result.exit_code == 2 and "does not exist" in result.output and "Traceback" not in result.output

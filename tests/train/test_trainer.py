@@ -1,0 +1,77 @@
+"""The proxy trainer: the authors' optimiser and schedule, scores, NaN handling, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from facenas.config import Config, TrainConfig
+from facenas.errors import NonFiniteLossError
+from facenas.space.arch import Arch
+from facenas.train.evaluators import ClassificationEvaluator, profile_for_config
+from facenas.train.optim import CosineSchedule, make_optimizer
+
+
+def test_optimizer_is_plain_momentum_sgd_with_decay_on_every_parameter():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+    opt = make_optimizer(model, TrainConfig())
+    assert isinstance(opt, torch.optim.SGD) and len(opt.param_groups) == 1
+    group = opt.param_groups[0]
+    assert group["nesterov"] is False and group["momentum"] == 0.9 and group["weight_decay"] == 3e-4
+    assert group["lr"] == 0.025 and len(group["params"]) == len(list(model.parameters()))
+
+
+def lrs(mode: str, epochs: int, steps: int) -> list[list[float]]:
+    model = torch.nn.Linear(2, 2)
+    cfg = TrainConfig(lr_schedule=mode)
+    opt = make_optimizer(model, cfg)
+    sched = CosineSchedule(opt, cfg, epochs, steps)
+    out = []
+    for e in range(epochs):
+        sched.start_epoch(e)
+        row = []
+        for s in range(steps):
+            sched.before_step(e, s)
+            row.append(sched.lr)
+        out.append(row)
+    return out
+
+
+def test_cosine_per_step_reaches_zero_after_exactly_e_epochs():
+    table = lrs("cosine_step", 2, 4)
+    flat = [lr for row in table for lr in row]
+    assert flat[0] == pytest.approx(0.025)
+    assert all(a > b for a, b in zip(flat, flat[1:]))
+    assert flat[-1] == pytest.approx(0.5 * 0.025 * (1 + math.cos(math.pi * 7 / 8)))
+
+
+def test_authors_epoch_schedule_is_shifted_by_one_epoch():
+    table = lrs("authors_epoch", 2, 3)
+    assert table[0] == [pytest.approx(0.0125)] * 3 and table[1] == [pytest.approx(0.0)] * 3
+
+
+def digits_config(**train) -> Config:
+    return Config.model_validate({"data": {"dataset": "digits", "crop_padding": 1, "cutout": 0},
+                                  "train": train})
+
+
+def test_training_learns_and_is_deterministic():
+    cfg = digits_config()
+    ev = ClassificationEvaluator(cfg)
+    arch = Arch.uniform(8, 4, profile_for_config(cfg))
+    a = ev.evaluate(arch, 4, seed=11)
+    b = ev.evaluate(arch, 4, seed=11)
+    assert a.best_val > 50.0  # ten classes: chance is 10 %
+    assert [e.val_acc for e in a.epochs] == [e.val_acc for e in b.epochs]
+    assert a.best_val == max(e.val_acc for e in a.epochs)  # the score is the best epoch, not the last
+    c = ev.evaluate(arch, 4, seed=12)
+    assert [e.train_loss for e in a.epochs] != [e.train_loss for e in c.epochs]
+
+
+def test_a_nan_loss_raises_a_clear_error():
+    ev = ClassificationEvaluator(digits_config(lr=1e30, grad_clip=1e30))
+    arch = Arch.uniform(8, 4, profile_for_config(ev.config))
+    with pytest.raises(NonFiniteLossError, match="training loss became"):
+        ev.evaluate(arch, 2, seed=0)
