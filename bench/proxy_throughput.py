@@ -12,14 +12,17 @@ optimiser, batch size and augmentation (random crop 32 pad 4, cutout 16), then s
 Data: the MNIST test set in ../shared/data/mnist (split 80/20), or scikit-learn's digits scaled to 28x28 where
 that folder is absent. Prints a table and the ratio and writes JSON to bench/results/proxy_throughput.json.
 
-    python bench/proxy_throughput.py [--depth 10] [--width 16] [--repeats 2] [--out FILE]
+    python bench/proxy_throughput.py [--models 8x6,16x10,32x12] [--repeats 2] [--precision fp32] [--out FILE]
+
+Models are WIDTHxDEPTH chains of all-separable 3x3 layers, the macro phases' candidates; the default covers the
+sizes the MNIST search trains on this kind of machine (C8 to C16) and one wider net.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -33,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler
 
 from facenas import __version__
-from facenas.config import DataConfig, TrainConfig
+from facenas.config import TrainConfig
 from facenas.data.arrays import ImageSet, make_splits
 from facenas.data.batch_aug import AugmentSpec, BatchAugment, channel_stats
 from facenas.data.sources import load_digits, load_mnist_idx
@@ -138,8 +141,7 @@ def load_data() -> tuple[ImageSet, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--depth", type=int, default=10)
-    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--models", default="8x6,16x10,32x12", help="comma-separated WIDTHxDEPTH")
     parser.add_argument("--repeats", type=int, default=2, help="epochs timed per side (best is reported)")
     parser.add_argument("--workers", type=int, default=2, help="baseline DataLoader workers (the authors used 2)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
@@ -154,37 +156,40 @@ def main() -> None:
     spec = AugmentSpec(crop_size=32, padding=4, flip=False, cutout=16, mean=mean, std=std)
     cfg = TrainConfig()
     facenas_cfg = TrainConfig(precision=args.precision)
-    arch = Arch.uniform(args.width, args.depth, classification_profile(1, 10, 28))
-    torch.manual_seed(0)
-    initial = build_model(arch).state_dict()
-
-    rows = {}
-    for name in ("baseline", "facenas"):
-        times, accs = [], []
-        for _ in range(args.repeats):
-            model = build_model(arch)
-            model.load_state_dict(initial)
-            if name == "baseline":
-                seconds, train_acc, val_acc = baseline_epoch(model, train, val, spec, cfg, args.workers)
-            else:
-                seconds, train_acc, val_acc = facenas_epoch(model, train, val, spec, facenas_cfg)
-            times.append(seconds)
-            accs.append((train_acc, val_acc))
-        best = min(times)
-        images = len(train) + len(val)
-        rows[name] = {"seconds": times, "best_seconds": best, "images_per_epoch": images,
-                      "images_per_second": images / best, "train_acc": accs[0][0], "val_acc": accs[0][1]}
-        print(f"{name:9s} {best:7.2f} s/epoch  {images / best:8.0f} images/s  "
-              f"(train acc {accs[0][0]:.1f}%, val acc {accs[0][1]:.1f}%)")
-    ratio = rows["facenas"]["images_per_second"] / rows["baseline"]["images_per_second"]
-    print(f"facenas / baseline throughput: {ratio:.2f}x")
+    results = []
+    for token in args.models.split(","):
+        width, depth = (int(v) for v in token.lower().split("x"))
+        arch = Arch.uniform(width, depth, classification_profile(1, 10, 28))
+        torch.manual_seed(0)
+        initial = build_model(arch).state_dict()
+        rows = {}
+        for name in ("baseline", "facenas"):
+            times, accs = [], []
+            for _ in range(args.repeats):
+                model = build_model(arch)
+                model.load_state_dict(initial)
+                if name == "baseline":
+                    seconds, train_acc, val_acc = baseline_epoch(model, train, val, spec, cfg, args.workers)
+                else:
+                    seconds, train_acc, val_acc = facenas_epoch(model, train, val, spec, facenas_cfg)
+                times.append(seconds)
+                accs.append((train_acc, val_acc))
+            best = min(times)
+            images = len(train) + len(val)
+            rows[name] = {"seconds": times, "best_seconds": best, "images_per_second": images / best,
+                          "train_acc": accs[0][0], "val_acc": accs[0][1]}
+        ratio = rows["facenas"]["images_per_second"] / rows["baseline"]["images_per_second"]
+        print(f"{arch.short()[:12]:12s} params {sum(p.numel() for p in build_model(arch).parameters()):7d}  "
+              f"baseline {rows['baseline']['images_per_second']:6.0f} img/s  "
+              f"facenas {rows['facenas']['images_per_second']:6.0f} img/s  ratio {ratio:.2f}x")
+        results.append({"arch": arch.short(), "width": width, "depth": depth, "ratio": ratio, **rows})
     result = {
-        "benchmark": "proxy_throughput", "ratio": ratio, "target_ratio": 2.0, "rows": rows,
-        "data": data_name, "train_images": len(train), "val_images": len(val), "arch": arch.short(),
-        "params": sum(p.numel() for p in build_model(arch).parameters()), "batch_size": cfg.batch_size,
-        "baseline_workers": args.workers, "facenas_precision": args.precision, "torch_threads": torch.get_num_threads(),
+        "benchmark": "proxy_throughput", "target_ratio": 2.0, "models": results,
+        "data": data_name, "train_images": len(train), "val_images": len(val), "images_per_epoch": len(train) +
+        len(val), "batch_size": cfg.batch_size, "baseline_workers": args.workers,
+        "facenas_precision": args.precision, "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor(),
-                    "platform": platform.platform()},
+                    "cores": os.cpu_count(), "platform": platform.platform()},
         "facenas_version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -152,7 +152,9 @@ class TrainConfig(_Section):
         "cosine_step", description="cosine_step: per-step cosine reaching 0 after exactly E epochs; authors_epoch:"
                                    " the authors' per-epoch stepping (epoch e uses the rate of e+1, last epoch 0)")
     eval_batch_size: int = Field(1000, ge=1)
-    channels_last: bool = Field(True, description="NHWC memory layout: faster convolutions on CPU (oneDNN) and GPU")
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="NHWC memory layout. auto: on where it is faster (CPU: width >= 16, where oneDNN's "
+                            "NHWC kernels win; CUDA: with fp16/bf16 autocast)")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="autocast precision; fp32 as the authors. bf16 is fast on CPUs with AMX and on GPUs; "
                             "fp16 needs CUDA")
@@ -170,6 +172,11 @@ class FinalConfig(_Section):
 class RunConfig(_Section):
     out: Optional[str] = Field(None, description="run directory (default: runs/<name>)")
     resume: bool = Field(False, description="continue the run in `out` where it stopped")
+    retry_failed: bool = Field(False, description="on resume, train the first failed candidate (and what followed "
+                                                  "it) again, e.g. after fixing what made it fail")
+    max_consecutive_failures: int = Field(
+        5, ge=0, description="stop the search when this many candidates in a row fail (a broken setup rather than "
+                             "bad candidates); 0 never stops")
     executor: Literal["subprocess", "inline"] = Field(
         "subprocess", description="subprocess: each candidate in a child process so memory cannot leak; inline: "
                                   "in this process (debugging)")

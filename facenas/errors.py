@@ -34,6 +34,10 @@ class JournalError(FacenasError):
     """The search journal is unreadable or does not belong to this run."""
 
 
+class SearchAborted(FacenasError):
+    """The search stopped on purpose, e.g. after too many failed candidates in a row."""
+
+
 class ReplayDivergence(FacenasError):
     """The strategy proposed a candidate other than the one a replayed log holds."""
 
@@ -42,3 +46,6 @@ class ReplayDivergence(FacenasError):
         self.proposed = proposed
         self.logged = logged
         super().__init__(f"candidate {index}: strategy proposed {proposed}, log has {logged}")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.index, self.proposed, self.logged))

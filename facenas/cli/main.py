@@ -65,6 +65,8 @@ def search(
     data_root: Optional[Path] = typer.Option(None, help="data.root: folder holding the dataset"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run.out: run directory (default runs/<name>)"),
     resume: bool = typer.Option(False, "--resume", help="run.resume: continue the run in --out where it stopped"),
+    retry_failed: bool = typer.Option(False, "--retry-failed",
+                                      help="run.retry_failed: with --resume, train failed candidates again"),
     seed: Optional[int] = typer.Option(None, help="seed: the run's seed (default from the config, 0)"),
     device: Optional[str] = typer.Option(None, help="train.device: auto, cpu, cuda, cuda:N"),
     executor: Optional[str] = typer.Option(None, help="run.executor: subprocess (default) or inline"),
@@ -77,8 +79,8 @@ def search(
     setup_logging(verbose)
     cfg = run_guarded(load_run_config, config, sets, {
         "data.root": str(data_root) if data_root else None, "run.out": str(out_dir) if out_dir else None,
-        "run.resume": resume or None, "seed": seed, "train.device": device, "run.executor": executor,
-        "data.download": download})
+        "run.resume": resume or None, "run.retry_failed": retry_failed or None, "seed": seed,
+        "train.device": device, "run.executor": executor, "data.download": download})
     from facenas.cli.progress import RichSearchEvents, print_search_summary
     from facenas.search.run import search_from_config
 

@@ -11,8 +11,8 @@ import torch
 from timm.layers import create_conv2d
 from torch import nn
 
-from facenas.space.arch import Arch
 from facenas.models.layers import ClassifierHead, EmbeddingHead, build_layer
+from facenas.space.arch import Arch
 
 
 class ChainNet(nn.Module):

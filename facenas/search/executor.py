@@ -13,7 +13,9 @@ in training, a dead child) and everything else deriving from `FacenasError` othe
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
+import threading
 import time
 import traceback
 from typing import Any, Optional, Protocol
@@ -64,8 +66,22 @@ class InlineExecutor:
             raise CandidateFailed(_describe_failure(exc), time.perf_counter() - start) from exc
 
 
-def _child_main(evaluator: Evaluator, arch: Arch, epochs: int, seed: int, conn: Any) -> None:
+def _watch_lifeline(lifeline: Any) -> None:
+    """Exit as soon as the search process is gone (killed or crashed): its end of the lifeline then closes.
+
+    A forkserver child outlives its parent otherwise (the forkserver itself stays up while any child runs), and a
+    killed search would leave a candidate training on in the background.
+    """
+    try:
+        lifeline.recv()
+    except (EOFError, OSError):
+        pass
+    os._exit(1)
+
+
+def _child_main(evaluator: Evaluator, arch: Arch, epochs: int, seed: int, conn: Any, lifeline: Any) -> None:
     """Runs in the child: trains, streams epochs back, then sends the result or the error."""
+    threading.Thread(target=_watch_lifeline, args=(lifeline,), daemon=True).start()
     try:
         metrics = evaluator.evaluate(arch, epochs, seed=seed, on_epoch=lambda m: conn.send(("epoch", m)))
         conn.send(("done", metrics))
@@ -86,7 +102,8 @@ def _exit_description(code: Optional[int]) -> str:
             name = f"signal {-code}"
         hint = " (out of memory?)" if -code == signal.SIGKILL else ""
         return f"child process was killed by {name}{hint}"
-    return f"child process exited with code {code} before reporting a result"
+    return (f"child process exited with code {code} before reporting a result (its traceback, if any, was printed "
+            "above)")
 
 
 class SubprocessExecutor:
@@ -103,9 +120,12 @@ class SubprocessExecutor:
             on_epoch: Optional[EpochCallback] = None) -> Metrics:
         start = time.perf_counter()
         parent, child = self._ctx.Pipe(duplex=False)
-        proc = self._ctx.Process(target=_child_main, args=(evaluator, arch, epochs, seed, child), daemon=True)
+        lifeline_r, lifeline_w = self._ctx.Pipe(duplex=False)
+        proc = self._ctx.Process(target=_child_main, args=(evaluator, arch, epochs, seed, child, lifeline_r),
+                                 daemon=True)
         proc.start()
         child.close()
+        lifeline_r.close()
         try:
             while True:
                 try:
@@ -132,6 +152,7 @@ class SubprocessExecutor:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+            lifeline_w.close()
 
 
 def make_executor(kind: str, evaluator: Optional[Evaluator] = None) -> Executor:

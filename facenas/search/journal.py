@@ -3,7 +3,9 @@
 A record is written with status `running` before a candidate starts and updated to `finished` or `failed` after
 it ends, each in its own transaction, so a crash or a kill at any moment leaves a journal from which the search
 can continue: finished and failed candidates are not trained again, and a record still `running` is marked
-`interrupted` (kept for the audit trail) and its candidate restarted from scratch. Per-epoch metrics are written
+`interrupted` (kept for the audit trail) and its candidate restarted from scratch. `retry_failed` marks the first
+failed candidate and everything after it `discarded`, so that the search continues from there. Per-epoch metrics are
+written
 as they arrive, for live monitoring. The same class serves replays and tests with the path ":memory:".
 """
 
@@ -22,7 +24,7 @@ from facenas.search.strategy import Candidate, Outcome
 from facenas.space.arch import Arch
 
 SCHEMA_VERSION = "1"
-STATUSES = ("running", "finished", "failed", "interrupted")
+STATUSES = ("running", "finished", "failed", "interrupted", "discarded")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,7 +37,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     params INTEGER NOT NULL,
     macs INTEGER NOT NULL,
     seed INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'interrupted')),
+    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'interrupted', 'discarded')),
     started_at REAL NOT NULL,
     finished_at REAL,
     wall_s REAL,
@@ -162,6 +164,20 @@ class SQLiteJournal:
             self._db.execute("BEGIN IMMEDIATE")
             cur = self._db.execute("UPDATE candidates SET status = 'interrupted', finished_at = ? "
                                    "WHERE status = 'running'", (time.time(),))
+        return cur.rowcount
+
+    def retry_failed(self) -> int:
+        """Discard the first failed candidate and all later ones, so they are trained again; returns how many.
+
+        Later candidates must go too: the strategy chose them knowing that the failed one had failed.
+        """
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            first = self._db.execute("SELECT MIN(idx) FROM candidates WHERE status = 'failed'").fetchone()[0]
+            if first is None:
+                return 0
+            cur = self._db.execute("UPDATE candidates SET status = 'discarded' WHERE idx >= ? AND status IN "
+                                   "('finished', 'failed')", (first,))
         return cur.rowcount
 
     def records(self, statuses: tuple[str, ...] = STATUSES) -> list[CandidateRecord]:

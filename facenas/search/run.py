@@ -2,7 +2,8 @@
 
 `run_search` asks the strategy for the next candidate, writes it to the journal, has the executor train it,
 writes the result, and repeats. All state lives in the journal, so resuming is the same call on the same
-journal. `start_run` wraps that with a run directory (resolved config, journal, `best_arch.json`, summary).
+journal. `search_from_config` wraps that with a run directory (resolved config, journal, `best_arch.json`,
+summary).
 Progress is reported through `SearchEvents`, which the CLI implements with progress bars; this code only logs.
 """
 
@@ -21,11 +22,11 @@ import numpy as np
 
 from facenas import __version__
 from facenas.config import Config, SearchSpec, to_yaml
-from facenas.errors import JournalError
+from facenas.errors import JournalError, SearchAborted
 from facenas.search.evaluator import EpochMetrics, Evaluator
 from facenas.search.executor import CandidateFailed, Executor
 from facenas.search.journal import CandidateRecord, SQLiteJournal
-from facenas.search.strategy import (Candidate, Done, HistoryMismatch, Outcome, SearchResult, next_step)
+from facenas.search.strategy import Candidate, Done, HistoryMismatch, Outcome, SearchResult, next_step
 from facenas.space.arch import Profile
 from facenas.space.count import count_macs, count_params
 
@@ -59,10 +60,17 @@ def candidate_seed(run_seed: int, index: int) -> int:
 
 
 def run_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, journal: SQLiteJournal,
-               executor: Executor, *, seed: int, events: Optional[SearchEvents] = None) -> SearchResult:
-    """Run (or continue) a search until the strategy is done; returns its result."""
+               executor: Executor, *, seed: int, events: Optional[SearchEvents] = None,
+               max_consecutive_failures: int = 0) -> SearchResult:
+    """Run (or continue) a search until the strategy is done; returns its result.
+
+    With `max_consecutive_failures` > 0 the search stops (`SearchAborted`) after that many failures in a row:
+    that is a broken setup (a missing library, a full disk) rather than bad candidates, and training on would
+    only fill the journal with failures.
+    """
     events = events or SearchEvents()
     history = journal.history()
+    failures_in_a_row, last_error = 0, ""
     while True:
         try:
             step = next_step(spec, profile, history)
@@ -90,11 +98,19 @@ def run_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, journal
             log.warning("candidate %d failed: %s", index, failure.error.splitlines()[0])
             journal.fail(record_id, failure.error, failure.wall_s)
             outcome = Outcome.failure()
+            failures_in_a_row += 1
+            last_error = failure.error.splitlines()[0]
         else:
             journal.finish(record_id, metrics)
             outcome = Outcome(metrics.best_val, metrics.best_train)
+            failures_in_a_row = 0
         history.append((candidate, outcome))
         events.on_candidate_end(index, journal.record(record_id))
+        if max_consecutive_failures and failures_in_a_row >= max_consecutive_failures:
+            raise SearchAborted(
+                f"{failures_in_a_row} candidates in a row failed (the last: {last_error}); this looks like a broken "
+                "setup rather than bad candidates. "
+                f"Fix the cause, then run the same command with --resume --retry-failed")
 
 
 # -- run directories ---------------------------------------------------------------------------------------------
@@ -105,6 +121,7 @@ def fingerprint(config: Config) -> str:
     Where to write (`run`), and how many threads or which device, do not enter: a run may resume elsewhere.
     """
     data = config.model_dump(mode="json")
+    data.pop("name", None)
     data.pop("run", None)
     data.pop("final", None)
     for key in ("device", "threads", "eval_batch_size"):
@@ -163,6 +180,10 @@ def open_journal(config: Config, resume: bool, evaluator_info: dict[str, Any]) -
         })
         paths.config.write_text(to_yaml(config))
     interrupted = journal.recover()
+    if resume and config.run.retry_failed:
+        discarded = journal.retry_failed()
+        if discarded:
+            log.info("discarded %d candidates from the first failed one on; they will be trained again", discarded)
     return journal, len(journal.completed()), interrupted
 
 
@@ -212,10 +233,12 @@ def search_from_config(config: Config, *, events: Optional[SearchEvents] = None,
     with journal:
         if events is not None and (completed or interrupted):
             events.on_resume(completed, interrupted)
-        result = run_search(config.search, profile, evaluator, journal, executor or make_executor(config.run.executor, evaluator),
-                            seed=config.seed, events=events)
+        executor = executor or make_executor(config.run.executor, evaluator)
+        result = run_search(config.search, profile, evaluator, journal, executor, seed=config.seed, events=events,
+                            max_consecutive_failures=config.run.max_consecutive_failures)
         records = journal.records()
     completed_records = [r for r in records if r.status in ("finished", "failed")]
     summary = write_outputs(config, result, completed_records, info, time.perf_counter() - began)
     summary["interrupted_attempts"] = sum(r.status == "interrupted" for r in records)
+    summary["discarded_attempts"] = sum(r.status == "discarded" for r in records)
     return SearchRun(result, summary, completed_records, RunPaths(config.out_dir()))

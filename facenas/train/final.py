@@ -70,7 +70,8 @@ def train_final(arch: Arch, config: Config, *, on_epoch: Optional[Callable[[Epoc
     out = config.out_dir() / "final"
     out.mkdir(parents=True, exist_ok=True)
     device = setup_torch(config)
-    splits = load_splits(config.data, config.seed)
+    # `data.train_subset` sizes the search's proxy; final training uses the whole training split.
+    splits = load_splits(config.data.model_copy(update={"train_subset": None}), config.seed)
     spec = augment_spec(config.data, splits.train)
     augment = BatchAugment(spec, splits.train.side, device)
     identity = {"arch": arch.to_dict(), "epochs": config.final.epochs, "seed": config.seed,

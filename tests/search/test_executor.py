@@ -73,3 +73,61 @@ def test_fatal_errors_stop_the_search(make):
 def test_a_child_killed_by_a_signal_is_a_failed_candidate():
     with pytest.raises(CandidateFailed, match="killed by SIGKILL"):
         SubprocessExecutor().run(ScriptedEvaluator("die"), Arch.uniform(8, 3), 2, seed=0)
+
+
+class SleepyEvaluator:
+    """Writes its pid, then trains "forever"."""
+
+    def __init__(self, pidfile: str) -> None:
+        self.pidfile = pidfile
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "sleepy"}
+
+    def evaluate(self, arch: Arch, epochs: int, *, seed: int, on_epoch: Optional[Any] = None) -> Metrics:
+        import time
+
+        with open(self.pidfile, "w") as fh:
+            fh.write(str(os.getpid()))
+        time.sleep(120)
+        raise AssertionError("should have been killed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs Linux /proc")
+def test_a_killed_search_leaves_no_candidate_training(tmp_path):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    pidfile = tmp_path / "child.pid"
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        f"import sys\nsys.path.insert(0, {str(root)!r})\n"
+        "from tests.search.test_executor import SleepyEvaluator\n"
+        "from facenas.search.executor import SubprocessExecutor\n"
+        "from facenas.space.arch import Arch\n"
+        "if __name__ == '__main__':\n"
+        f"    SubprocessExecutor(preload=()).run(SleepyEvaluator({str(pidfile)!r}), Arch.uniform(8, 3), 1, seed=0)\n")
+    proc = subprocess.Popen([sys.executable, str(driver)])
+    deadline = time.time() + 60
+    while not (pidfile.exists() and pidfile.read_text()):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    assert _alive(child)
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 15
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child), "the candidate's process outlived the killed search"

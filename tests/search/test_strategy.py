@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from facenas.config import DepthConfig, MicroConfig, SearchSpec, WidthConfig
-from facenas.search.strategy import (Candidate, Done, HistoryMismatch, Outcome, Propose, SearchResult, next_step)
+from facenas.search.strategy import Candidate, Done, HistoryMismatch, Outcome, Propose, SearchResult, next_step
 from facenas.space.arch import Profile
 from facenas.space.count import params_m
 
