@@ -135,10 +135,10 @@ def _torchvision_loader(name: str) -> Callable[..., object]:
 
 
 def _to_imageset(ds: object, name: str) -> ImageSet:
-    data = getattr(ds, "data")
+    data = ds.data
     images = np.asarray(data.numpy() if hasattr(data, "numpy") else data, dtype=np.uint8)
     images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
-    targets = getattr(ds, "targets")
+    targets = ds.targets
     labels = np.asarray(targets.numpy() if hasattr(targets, "numpy") else targets, dtype=np.int64)
     classes = tuple(str(c) for c in getattr(ds, "classes", range(int(labels.max()) + 1)))
     return ImageSet(np.ascontiguousarray(images), labels, classes, name)
