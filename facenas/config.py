@@ -138,6 +138,103 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     stem_stride: int = Field(1, ge=1, le=2)
     reductions: int = Field(2, ge=0, le=5)
+    embedding_dim: int = Field(512, ge=1, description="faces: size of the embedding")
+    embedding_head: Literal["gdc", "pool"] = Field(
+        "gdc", description="faces: global depthwise conv (MobileFaceNet) or global average pooling before the Linear")
+
+
+# -- faces --------------------------------------------------------------------------------------------------------
+
+class SyntheticFacesConfig(_Section):
+    identities: int = Field(120, ge=4)
+    images_per_identity: int = Field(10, ge=2)
+    seed: int = Field(0, ge=0)
+
+
+class FaceAugmentConfig(_Section):
+    """Probabilities of each albumentations transform (0 disables it)."""
+
+    flip: float = Field(0.5, ge=0, le=1)
+    affine: float = Field(0.3, ge=0, le=1, description="small shift, scale and rotation")
+    brightness_contrast: float = Field(0.3, ge=0, le=1)
+    blur: float = Field(0.1, ge=0, le=1)
+    grey: float = Field(0.05, ge=0, le=1)
+
+
+class FaceDataConfig(_Section):
+    source: str = Field("synthetic", description="'synthetic', an image folder (one sub-folder per identity), or an "
+                                                 "insightface RecordIO folder or .rec")
+    synthetic: SyntheticFacesConfig = SyntheticFacesConfig()
+    landmarks: Optional[str] = Field(None, description="file of 'relative/path x1 y1 ... x5 y5' lines for folders")
+    channels: Literal[1, 3] = Field(3, description="3: RGB (grey images replicated); 1: build the network for grey")
+    size: int = Field(112, ge=16, description="image side the network sees")
+    crop_fraction: float = Field(1.0, gt=0, le=1, description="centre crop share where no landmarks are known")
+    heldout_identities: int = Field(20, ge=2, description="identities kept out of training; the search's "
+                                                          "verification pairs come from them")
+    heldout_pairs_per_fold: int = Field(30, ge=1)
+    pair_folds: int = Field(10, ge=2)
+    train_identities: Optional[int] = Field(None, ge=2, description="proxy subset of the training identities")
+    max_images_per_identity: Optional[int] = Field(None, ge=1)
+    min_images_per_identity: int = Field(2, ge=1)
+    skip_bad: bool = Field(False, description="leave out (and report) unreadable images instead of stopping")
+    augment: FaceAugmentConfig = FaceAugmentConfig()
+
+
+class MarginConfig(_Section):
+    """insightface's combined margin: target logit s * (cos(m1 * theta + m2) - m3)."""
+
+    loss: Literal["arcface", "cosface", "combined"] = "arcface"
+    s: float = Field(64.0, gt=0)
+    m1: Optional[float] = Field(None, ge=1, description="default 1")
+    m2: Optional[float] = Field(None, ge=0, lt=3.2, description="default 0.5 for arcface, 0 otherwise")
+    m3: Optional[float] = Field(None, ge=0, lt=1, description="default 0.35 for cosface, 0 otherwise")
+
+    def margins(self) -> tuple[float, float, float]:
+        defaults = {"arcface": (1.0, 0.5, 0.0), "cosface": (1.0, 0.0, 0.35), "combined": (1.0, 0.3, 0.2)}[self.loss]
+        m1, m2, m3 = (d if v is None else v for v, d in zip((self.m1, self.m2, self.m3), defaults))
+        return m1, m2, m3
+
+
+class VerifySetConfig(_Section):
+    """A benchmark evaluated during `facenas train` (never used to choose an architecture)."""
+
+    name: str
+    bin: Optional[str] = None
+    lfw_dir: Optional[str] = None
+    pairs: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "VerifySetConfig":
+        if bool(self.bin) == bool(self.lfw_dir):
+            raise ValueError(f"verify set {self.name!r}: give either bin, or lfw_dir with pairs")
+        if self.lfw_dir and not self.pairs:
+            raise ValueError(f"verify set {self.name!r}: lfw_dir needs pairs (the pairs.txt file)")
+        return self
+
+
+class FaceTrainConfig(_Section):
+    epochs: int = Field(20, ge=1, description="facenas train (the search sets each candidate's own budget)")
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    grad_clip: float = Field(5.0, gt=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+    margin: MarginConfig = MarginConfig()
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: fp16 on CUDA, fp32 on CPU")
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    device: str = "auto"
+    threads: Optional[int] = Field(None, ge=1)
+    workers: int = Field(0, ge=0, description="DataLoader workers for augmentation (0: in this process)")
+    eval_batch_size: int = Field(256, ge=1)
+    eval_every: int = Field(1, ge=1, description="epochs between verification runs")
+    checkpoint_every_steps: int = Field(0, ge=0, description="also checkpoint every N steps (0: each epoch only)")
+
+
+class FacesConfig(_Section):
+    data: FaceDataConfig = FaceDataConfig()
+    train: FaceTrainConfig = FaceTrainConfig()
+    verify: tuple[VerifySetConfig, ...] = ()
 
 
 class TrainConfig(_Section):
@@ -183,11 +280,13 @@ class RunConfig(_Section):
 
 
 class Config(_Section):
-    """A whole run: `facenas search`, `facenas train-final`."""
+    """A whole run: `facenas search`, `facenas train-final`, `facenas train`."""
 
     name: str = "search"
+    task: Literal["classification", "faces"] = Field("classification", description="what the search optimises")
     seed: int = Field(0, ge=0)
     data: DataConfig = DataConfig()
+    faces: FacesConfig = FacesConfig()
     model: ModelConfig = ModelConfig()
     search: SearchSpec = SearchSpec()
     train: TrainConfig = TrainConfig()

@@ -186,6 +186,196 @@ def arch_info(
     out.print(f"parameters {info['params']:,} ({info['params'] / 1e6:.6f} M), MACs {info['macs']:,}")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Face datasets: inspect, build RecordIO and .bin files.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    path: Path = typer.Argument(..., help="image folder, RecordIO folder or .rec, .bin, or LFW directory"),
+    pairs: Optional[Path] = typer.Option(None, help="pairs.txt for an LFW directory (default: PATH/pairs.txt)"),
+    decode_limit: Optional[int] = typer.Option(None, help="decode at most this many images (default: all)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Count images, identities or pairs, image sizes and channels, and list the problems found."""
+    from facenas.data.faces.inspect import inspect_path
+
+    report = run_guarded(inspect_path, path, pairs=pairs, decode_limit=decode_limit)
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    for key, value in report.items():
+        if key != "problems":
+            out.print(f"{key:>20}: {value}", highlight=False)
+    problems = report.get("problems", [])
+    out.print(f"{'problems':>20}: {len(problems)}", highlight=False)
+    for line in problems[:20]:
+        out.print(f"  - {line}", highlight=False)
+    if len(problems) > 20:
+        out.print(f"  ... and {len(problems) - 20} more (use --json for all)")
+
+
+@data_app.command("build-rec")
+def data_build_rec(
+    folder: Path = typer.Argument(..., help="image folder, one sub-folder per identity"),
+    out_dir: Path = typer.Argument(..., help="output folder for train.rec, train.idx and property"),
+    size: Optional[int] = typer.Option(None, help="resize/align to this side (default: keep images as they are)"),
+    channels: int = typer.Option(3, help="with --size: 3 (RGB) or 1 (grey)"),
+    crop_fraction: float = typer.Option(1.0, help="with --size: centre crop share where no landmarks are given"),
+    landmarks: Optional[Path] = typer.Option(None, help="'relative/path x1 y1 ... x5 y5' lines: align with these"),
+    fmt: str = typer.Option("jpg", "--format", help="encoding of re-encoded images: jpg or png"),
+    quality: int = typer.Option(95, help="JPEG quality"),
+    skip_bad: bool = typer.Option(False, help="leave out unreadable images and report them"),
+    overwrite: bool = typer.Option(False, help="replace an existing train.rec"),
+) -> None:
+    """Write an insightface RecordIO training set that insightface's own readers accept."""
+    from facenas.data.faces.build import build_rec
+    from facenas.data.faces.images import Preprocess
+    from facenas.data.faces.sources import FolderSource
+
+    def build() -> Any:
+        source = FolderSource(folder, landmarks_file=landmarks, skip_empty=skip_bad)
+        prep = Preprocess(size=size, channels=channels, crop_fraction=crop_fraction) if (size or landmarks) else None
+        if prep is None and landmarks:
+            prep = Preprocess(channels=channels, crop_fraction=crop_fraction)
+        return build_rec(source, out_dir, prep=prep, fmt="." + fmt.lstrip("."), quality=quality,
+                         skip_bad=skip_bad, overwrite=overwrite), source.problems
+
+    report, problems = run_guarded(build)
+    out.print_json(json.dumps({**report.to_dict(), "skipped": report.skipped + problems, "out": str(out_dir)}))
+
+
+@data_app.command("build-bin")
+def data_build_bin(
+    out_file: Path = typer.Argument(..., help="the .bin to write"),
+    lfw_dir: Optional[Path] = typer.Option(None, help="an LFW directory (with --pairs)"),
+    pairs: Optional[Path] = typer.Option(None, help="LFW pairs.txt"),
+    folder: Optional[Path] = typer.Option(None, help="or an image folder: pairs are drawn from its identities"),
+    pairs_per_fold: int = typer.Option(300, help="with --folder: matched (and mismatched) pairs per fold"),
+    folds: int = typer.Option(10, help="with --folder: folds"),
+    size: int = typer.Option(112, help="side of the stored crops"),
+    crop_fraction: float = typer.Option(1.0, help="centre crop share where no landmarks are given"),
+    landmarks: Optional[Path] = typer.Option(None, help="landmarks file: align with the ArcFace template"),
+    fmt: str = typer.Option("png", "--format", help="png (lossless) or jpg"),
+    seed: int = typer.Option(0, help="seed for drawing pairs from a folder"),
+) -> None:
+    """Write an insightface verification .bin from LFW + pairs.txt or from an image folder."""
+    from facenas.data.faces.images import Preprocess
+    from facenas.data.faces.pairs import load_pair_images, pairs_from_faces, parse_pairs, write_bin
+    from facenas.data.faces.sources import FolderSource, materialize, read_landmarks_file
+
+    prep = Preprocess(size=size, crop_fraction=crop_fraction)
+
+    def build() -> Any:
+        if lfw_dir is not None:
+            if pairs is None:
+                fail("--lfw-dir needs --pairs (the pairs.txt file)")
+            table = read_landmarks_file(landmarks, lfw_dir) if landmarks else None
+            pair_set = load_pair_images(parse_pairs(pairs, lfw_dir), prep, out_file.stem, table, lfw_dir)
+        elif folder is not None:
+            faces = materialize(FolderSource(folder, landmarks_file=landmarks), None, prep).faces
+            pair_set = pairs_from_faces(faces, pairs_per_fold, folds=folds, seed=seed, name=out_file.stem)
+        else:
+            fail("give --lfw-dir with --pairs, or --folder")
+        write_bin(out_file, pair_set.images, pair_set.issame, fmt="." + fmt.lstrip("."))
+        return pair_set
+
+    pair_set = run_guarded(build)
+    out.print_json(json.dumps({"out": str(out_file), "pairs": len(pair_set), "matched": int(pair_set.issame.sum()),
+                               "size": size}))
+
+
+@app.command()
+def train(
+    arch: Path = typer.Option(..., "--arch", help="architecture JSON from a face search"),
+    config: Path = typer.Option(..., "--config", "-c", help="face config, e.g. configs/train/faces-synthetic.yaml"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="run.out: run directory"),
+    resume: bool = typer.Option(False, "--resume", help="run.resume: continue from checkpoints/last.pt"),
+    epochs: Optional[int] = typer.Option(None, help="faces.train.epochs"),
+    seed: Optional[int] = typer.Option(None, help="seed"),
+    device: Optional[str] = typer.Option(None, help="faces.train.device"),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help="any config key"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Train a face architecture with ArcFace/CosFace; checkpoints, verification, TensorBoard and CSV logs."""
+    setup_logging(verbose)
+    cfg = run_guarded(load_run_config, config, sets, {
+        "run.out": str(out_dir) if out_dir else None, "run.resume": resume or None,
+        "faces.train.epochs": epochs, "seed": seed, "faces.train.device": device})
+    from facenas.cli.progress import RichEpochs
+    from facenas.space.arch import Arch
+    from facenas.train.face_job import train_faces
+
+    if not arch.is_file():
+        fail(f"architecture file {arch} does not exist")
+    architecture = run_guarded(lambda: Arch.from_json(arch.read_text()))
+    with RichEpochs(console, cfg.faces.train.epochs, f"train {architecture.short()}") as bar:
+        report = run_guarded(train_faces, architecture, cfg, on_epoch=bar.update)
+    out.print_json(json.dumps({k: report[k] for k in ("arch_short", "params", "macs", "epochs", "heldout_accuracy",
+                                                      "best_heldout_accuracy", "xnorm", "benchmarks", "model")}))
+
+
+@app.command("eval")
+def evaluate(
+    model: Path = typer.Option(..., "--model", help="facenas checkpoint / model.pt, or a recognition .onnx"),
+    lfw_dir: Optional[Path] = typer.Option(None, help="LFW directory (Name/Name_0001.jpg)"),
+    pairs: Optional[Path] = typer.Option(None, help="LFW pairs.txt"),
+    bins: Optional[List[Path]] = typer.Option(None, "--bin", help="insightface .bin file(s), e.g. cfp_fp.bin"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
+    plot: Optional[Path] = typer.Option(None, help="write a ROC plot (PNG)"),
+    save_embeddings: Optional[Path] = typer.Option(None, help="write the embeddings (.npz)"),
+    crop_fraction: float = typer.Option(1.0, help="centre crop share without landmarks (raw 250x250 LFW: ~0.5)"),
+    landmarks: Optional[Path] = typer.Option(None, help="landmarks file for the LFW directory: align with them"),
+    batch_size: int = typer.Option(128, help="images per forward pass"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+) -> None:
+    """Benchmark a model with the insightface verification protocol on LFW and .bin sets."""
+    from facenas.evaluate.run import PairSource, evaluate_model
+
+    sources = []
+    if lfw_dir is not None or pairs is not None:
+        if lfw_dir is None or pairs is None:
+            fail("--lfw-dir and --pairs go together")
+        sources.append(PairSource("lfw", lfw_dir=lfw_dir, pairs=pairs))
+    for b in bins or []:
+        sources.append(PairSource(b.stem, bin=b))
+    if not sources:
+        fail("nothing to evaluate: give --lfw-dir with --pairs, and/or --bin FILE")
+    from facenas.cli.progress import RichCounter
+
+    with RichCounter(console) as counter:
+        report = run_guarded(evaluate_model, model, sources, crop_fraction=crop_fraction, landmarks=landmarks,
+                             batch_size=batch_size, device=device, json_out=json_out, plot=plot,
+                             save_embeddings=save_embeddings, progress=counter.update)
+    from facenas.evaluate.metrics import VerificationReport
+
+    for name, r in report["sets"].items():
+        summary = VerificationReport(**{k: r[k] for k in VerificationReport.__dataclass_fields__}).summary()
+        out.print(f"{name}: {r['pairs']} pairs, {summary}", highlight=False)
+        out.print(f"  thresholds (d^2) {min(r['thresholds']):.2f}..{max(r['thresholds']):.2f}, as cosine "
+                  f"{min(r['thresholds_cosine']):.3f}..{max(r['thresholds_cosine']):.3f}", highlight=False)
+    for key in ("plot", "embeddings"):
+        if key in report:
+            out.print(f"wrote {report[key]}", highlight=False)
+    if json_out:
+        out.print(f"wrote {json_out}", highlight=False)
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="where the demo writes its runs"),
+    fresh: bool = typer.Option(False, help="start over instead of resuming a previous demo run"),
+) -> None:
+    """The main job on embedded data: a face search on synthetic faces, final training, LFW-protocol evaluation."""
+    from facenas.demo import run_demo
+
+    from facenas.cli.progress import RichSearchEvents
+
+    with RichSearchEvents(console) as events:
+        summary = run_guarded(run_demo, out_dir, resume=not fresh, events=events, log=out.print)
+    out.print_json(json.dumps(summary))
+
+
 def main() -> None:
     app()
 

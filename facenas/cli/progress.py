@@ -133,3 +133,23 @@ class RichEpochs:
     def update(self, epoch: EpochMetrics) -> None:
         self.progress.update(self.task, completed=epoch.epoch + 1,
                              description=f"{self.label[:50]} val {epoch.val_acc:.2f}")
+
+
+class RichCounter:
+    """A bar that follows (label, done, total) updates; total 0 means unknown."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = _bar(console)
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> "RichCounter":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, label: str, done: int, total: int) -> None:
+        if label not in self.tasks:
+            self.tasks[label] = self.progress.add_task(label, total=total or None)
+        self.progress.update(self.tasks[label], completed=done, total=total or None)

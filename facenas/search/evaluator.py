@@ -39,6 +39,7 @@ class Evaluator(Protocol):
 
 def make_task(config: Any) -> tuple[Evaluator, Any]:
     """(evaluator, search-space profile) for a run config: the one door from `search` into `train`."""
-    from facenas.train.evaluators import ClassificationEvaluator, profile_for_config
+    from facenas.train.evaluators import ClassificationEvaluator, FaceEvaluator, task_profile
 
-    return ClassificationEvaluator(config), profile_for_config(config)
+    evaluator = FaceEvaluator(config) if config.task == "faces" else ClassificationEvaluator(config)
+    return evaluator, task_profile(config)

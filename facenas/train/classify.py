@@ -54,12 +54,12 @@ def autocast(device: torch.device, precision: str) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def use_channels_last(model: nn.Module, device: torch.device, cfg: TrainConfig) -> bool:
+def use_channels_last(model: nn.Module, device: torch.device, setting: str, precision: str) -> bool:
     """Measured on a Xeon with oneDNN: NHWC is 1.2-1.6x faster from width 16 up and slower below it."""
-    if cfg.channels_last != "auto":
-        return cfg.channels_last == "on"
+    if setting != "auto":
+        return setting == "on"
     if device.type == "cuda":
-        return cfg.precision != "fp32"
+        return precision != "fp32"
     arch = getattr(model, "arch", None)
     return arch is not None and arch.width >= 16
 
@@ -106,7 +106,8 @@ def fit_classifier(model: nn.Module, train: ImageSet, val: ImageSet, *, cfg: Tra
                    checkpoint: Optional[Checkpointer] = None) -> list[EpochMetrics]:
     """Train for `epochs` epochs; returns the per-epoch metrics (a checkpoint lets it resume mid-run)."""
     model.to(device)
-    memory_format = torch.channels_last if use_channels_last(model, device, cfg) else torch.contiguous_format
+    nhwc = use_channels_last(model, device, cfg.channels_last, cfg.precision)
+    memory_format = torch.channels_last if nhwc else torch.contiguous_format
     model.to(memory_format=memory_format)
     cast = autocast(device, cfg.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")

@@ -40,9 +40,10 @@ def augment_spec(data: DataConfig, train: ImageSet) -> AugmentSpec:
 
 
 def setup_torch(config: Config) -> torch.device:
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    device = resolve_device(config.train.device)
+    train = config.faces.train if config.task == "faces" else config.train
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    device = resolve_device(train.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return device
@@ -73,3 +74,52 @@ class ClassificationEvaluator:
             device=device, on_epoch=on_epoch)
         return Metrics(tuple(history), time.perf_counter() - began,
                        {"device": str(device), "train_images": len(splits.train), "val_images": len(splits.val)})
+
+
+def face_profile(config: Config) -> Profile:
+    """The face profile of the space: embedding head, the run's resolution, channels, stem stride, reductions."""
+    data, model = config.faces.data, config.model
+    return Profile(in_channels=data.channels, num_classes=2, stem_stride=model.stem_stride,
+                   reductions=model.reductions, head="embedding", embedding_dim=model.embedding_dim,
+                   embedding_head=model.embedding_head, input_size=data.size)
+
+
+def task_profile(config: Config) -> Profile:
+    return face_profile(config) if config.task == "faces" else profile_for_config(config)
+
+
+class FaceEvaluator:
+    """Candidate -> margin-softmax training on the training identities -> held-out verification accuracy.
+
+    The score of a candidate is its best 10-fold verification accuracy (%) over its epochs on pairs of identities
+    that never appear in training (method.md section 5); the train accuracy the strategy watches is the class
+    centre argmax accuracy on the training batches.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def describe(self) -> dict[str, Any]:
+        d, t = self.config.faces.data, self.config.faces.train
+        return {"name": "faces", "source": d.source, "size": d.size, "channels": d.channels,
+                "heldout_identities": d.heldout_identities, "train_identities": d.train_identities,
+                "loss": t.margin.loss, "margins": list(t.margin.margins()), "s": t.margin.s,
+                "batch_size": t.batch_size}
+
+    def evaluate(self, arch: Arch, epochs: int, *, seed: int, on_epoch: Optional[Any] = None) -> Metrics:
+        import math
+
+        from facenas.data.faces.splits import load_face_splits
+        from facenas.train.faces import fit_face, new_run
+
+        began = time.perf_counter()
+        device = setup_torch(self.config)
+        cfg = self.config.faces.train
+        splits = load_face_splits(self.config.faces.data, self.config.seed)
+        run = new_run(arch, splits.train.num_identities, cfg, epochs=epochs,
+                      steps_per_epoch=math.ceil(len(splits.train) / cfg.batch_size), seed=seed, device=device,
+                      preprocess=splits.preprocess.to_dict())
+        history = fit_face(run, splits.train, cfg=cfg, augment=self.config.faces.data.augment, epochs=epochs,
+                           seed=seed, device=device, pairs=splits.pairs, on_epoch=on_epoch)
+        return Metrics(tuple(history), time.perf_counter() - began,
+                       {"device": str(device), "train_images": len(splits.train), "pairs": len(splits.pairs)})

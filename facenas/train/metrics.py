@@ -18,6 +18,7 @@ class EpochMetrics:
     val_loss: float = math.nan
     lr: float = math.nan
     seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -37,7 +38,9 @@ class Metrics:
 
     @property
     def best_val(self) -> float:
-        return max(e.val_acc for e in self.epochs)
+        """Max over the epochs that were scored (NaN where none was)."""
+        scored = [e.val_acc for e in self.epochs if not math.isnan(e.val_acc)]
+        return max(scored) if scored else math.nan
 
     @property
     def best_train(self) -> float:

@@ -56,9 +56,10 @@ def read_bin_raw(path: str | Path) -> tuple[list[bytes], np.ndarray]:
     return bins, issame_arr
 
 
-def read_bin(path: str | Path, prep: Preprocess = Preprocess()) -> PairSet:
+def read_bin(path: str | Path, prep: Optional[Preprocess] = None) -> PairSet:
     """A `.bin` decoded and prepared (aligned crops are resized only if their size differs)."""
     path = Path(path)
+    prep = prep or Preprocess()
     bins, issame = read_bin_raw(path)
     images = [prepare(decode_image(b, f"{path} image {i}"), prep) for i, b in enumerate(bins)]
     return PairSet(np.stack(images), issame, path.stem, None, tuple(f"{path}[{i}]" for i in range(len(bins))))

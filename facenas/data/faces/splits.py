@@ -1,0 +1,90 @@
+"""Training identities and held-out verification pairs for a face run (method.md section 5).
+
+The identities of a source are split, seeded, into training identities and `heldout_identities` that never
+appear in training; the search scores candidates by 10-fold verification on balanced pairs drawn from the
+held-out identities. `train_identities` caps the training side for the proxy (a documented subset of, say,
+CASIA-WebFace), `max_images_per_identity` caps each identity. LFW, CFP-FP and AgeDB are never involved here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional
+
+import numpy as np
+
+from facenas.config import FaceDataConfig
+from facenas.data.faces.images import Preprocess
+from facenas.data.faces.pairs import pairs_from_faces
+from facenas.data.faces.sources import ArraySource, FaceSource, materialize, open_source
+from facenas.data.faces.synthetic import synthetic_faces
+from facenas.data.faces.types import FaceSet, PairSet
+from facenas.errors import DataError
+
+
+@dataclass(frozen=True)
+class FaceSplits:
+    train: FaceSet
+    heldout: FaceSet
+    pairs: PairSet
+    preprocess: Preprocess
+    description: str
+    problems: tuple[str, ...] = ()
+
+    def summary(self) -> dict[str, object]:
+        return {"train_images": len(self.train), "train_identities": self.train.num_identities,
+                "heldout_identities": self.heldout.num_identities, "pairs": len(self.pairs),
+                "description": self.description, "problems": list(self.problems)}
+
+
+def open_face_source(cfg: FaceDataConfig) -> FaceSource:
+    if cfg.source == "synthetic":
+        s = cfg.synthetic
+        return ArraySource(synthetic_faces(s.identities, s.images_per_identity, seed=s.seed))
+    return open_source(cfg.source, landmarks_file=cfg.landmarks, skip_empty=cfg.skip_bad)
+
+
+def choose_identities(labels: np.ndarray, cfg: FaceDataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training identity labels, held-out identity labels), disjoint and seeded."""
+    counts = np.bincount(labels)
+    usable = np.flatnonzero(counts >= cfg.min_images_per_identity)
+    if len(usable) < cfg.heldout_identities + 2:
+        raise DataError(f"{len(usable)} identities have >= {cfg.min_images_per_identity} images; need at least "
+                        f"{cfg.heldout_identities} held out plus 2 to train (lower faces.data.heldout_identities)")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xF4CE]))
+    order = rng.permutation(usable)
+    heldout, train = np.sort(order[:cfg.heldout_identities]), order[cfg.heldout_identities:]
+    if cfg.train_identities is not None:
+        train = train[:cfg.train_identities]
+    return np.sort(train), heldout
+
+
+def _items(labels: np.ndarray, identities: np.ndarray, cap: Optional[int], seed: int) -> np.ndarray:
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x1735]))
+    chosen = []
+    for k in identities:
+        idx = np.flatnonzero(labels == k)
+        if cap is not None and len(idx) > cap:
+            idx = np.sort(rng.choice(idx, cap, replace=False))
+        chosen.append(idx)
+    return np.concatenate(chosen)
+
+
+@lru_cache(maxsize=2)
+def load_face_splits(cfg: FaceDataConfig, seed: int) -> FaceSplits:
+    """Decode the run's training identities and held-out pairs into memory (cached per process)."""
+    source = open_face_source(cfg)
+    train_ids, heldout_ids = choose_identities(source.labels, cfg, seed)
+    prep = Preprocess(size=cfg.size, channels=cfg.channels, crop_fraction=cfg.crop_fraction)
+    train = materialize(source, _items(source.labels, train_ids, cfg.max_images_per_identity, seed), prep,
+                        skip_bad=cfg.skip_bad)
+    held = materialize(source, _items(source.labels, heldout_ids, cfg.max_images_per_identity, seed + 1), prep,
+                       skip_bad=cfg.skip_bad)
+    pairs = pairs_from_faces(held.faces, cfg.heldout_pairs_per_fold, folds=cfg.pair_folds, seed=seed,
+                             name="heldout")
+    problems = tuple(getattr(source, "problems", [])) + tuple(train.problems) + tuple(held.problems)
+    description = (f"{source.name}: {train.faces.num_identities} training identities ({len(train.faces)} images), "
+                   f"{held.faces.num_identities} held-out identities -> {len(pairs)} pairs in {cfg.pair_folds} "
+                   f"folds; seed {seed}; {cfg.size}x{cfg.size}x{cfg.channels}")
+    return FaceSplits(train.faces, held.faces, pairs, prep, description, problems)

@@ -1,0 +1,141 @@
+"""`facenas train`: full training of a face architecture, resumable, with periodic verification.
+
+Outputs in the run directory: `checkpoints/last.pt` (everything needed to continue exactly, written atomically
+after every epoch and every `checkpoint_every_steps` steps), `model.pt` (the final weights with architecture and
+preprocessing, loadable by `facenas eval` and `facenas export`), `metrics.csv` and TensorBoard event files (loss
+and learning rate per step; accuracy, XNorm and each benchmark's accuracy per evaluation), and `report.json`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from facenas import __version__
+from facenas.config import Config, VerifySetConfig
+from facenas.data.faces.images import Preprocess
+from facenas.data.faces.pairs import load_pair_images, parse_pairs, read_bin
+from facenas.data.faces.splits import load_face_splits
+from facenas.data.faces.types import PairSet
+from facenas.errors import ConfigError
+from facenas.space.arch import Arch
+from facenas.space.count import count_macs, count_params
+from facenas.train.evaluators import face_profile, setup_torch
+from facenas.train.faces import FaceRun, fit_face, new_run
+from facenas.train.final import FileCheckpoint, atomic_torch_save
+from facenas.train.metrics import EpochMetrics
+
+
+def retarget(arch: Arch, config: Config) -> Arch:
+    """The same body (C, D, ops, kernels) under the run's face profile, e.g. a half-resolution search result
+    trained at 112x112 with a stride-2 stem. Parameters are unchanged where the final feature map keeps its size."""
+    profile = face_profile(config)
+    if arch.profile.head != "embedding":
+        raise ConfigError("this architecture has a classifier head; face training needs an architecture found by a "
+                          "face search (task: faces)")
+    return replace(arch, profile=profile)
+
+
+def load_benchmarks(sets: tuple[VerifySetConfig, ...], prep: Preprocess) -> dict[str, PairSet]:
+    out = {}
+    for s in sets:
+        if s.bin:
+            out[s.name] = read_bin(s.bin, prep)
+        else:
+            pairs = parse_pairs(s.pairs or "", s.lfw_dir or "")
+            out[s.name] = load_pair_images(pairs, prep, s.name)
+    return out
+
+
+class _Logger:
+    """CSV of epochs and TensorBoard scalars."""
+
+    def __init__(self, out: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(out / "tensorboard"))
+        self.csv = out / "metrics.csv"
+
+    def step(self, run: FaceRun, values: dict[str, float]) -> None:
+        if run.global_step % 10 == 0:
+            for key, value in values.items():
+                self.writer.add_scalar(f"train/{key}", value, run.global_step)
+
+    def epoch(self, metrics: EpochMetrics, step: int) -> None:
+        row = {k: v for k, v in metrics.to_dict().items() if k != "extra"} | metrics.extra
+        for key in ("train_acc", "train_loss", "val_acc", *metrics.extra):
+            value = row.get(key)
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                self.writer.add_scalar(f"epoch/{key}", value, step)
+        self.writer.flush()
+        new = not self.csv.exists()
+        with self.csv.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def train_faces(arch: Arch, config: Config, *, on_epoch: Optional[Callable[[EpochMetrics], None]] = None
+                ) -> dict[str, Any]:
+    if config.task != "faces":
+        raise ConfigError("facenas train needs a face config (task: faces)")
+    arch = retarget(arch, config)
+    out = config.out_dir()
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    device = setup_torch(config)
+    cfg = config.faces.train
+    splits = load_face_splits(config.faces.data, config.seed)
+    benchmarks = load_benchmarks(config.faces.verify, splits.preprocess)
+    preprocess = {**splits.preprocess.to_dict(), "mean": 127.5, "std": 127.5, "color": "RGB",
+                  "align": "arcface-112 (insightface norm_crop) where landmarks are known"}
+    identity = {"arch": arch.to_dict(), "seed": config.seed, "epochs": cfg.epochs,
+                "data": config.faces.data.model_dump(mode="json"),
+                "train": cfg.model_dump(mode="json", exclude={"device", "threads", "workers", "eval_batch_size"})}
+    checkpoint = FileCheckpoint(out / "checkpoints" / "last.pt", identity, config.run.resume)
+    steps = math.ceil(len(splits.train) / cfg.batch_size)
+    run = new_run(arch, splits.train.num_identities, cfg, epochs=cfg.epochs, steps_per_epoch=steps, seed=config.seed,
+                  device=device, preprocess=preprocess)
+    state = checkpoint.load()
+    if state is not None:
+        run.load_state_dict(state)
+    if not config.run.resume and (out / "metrics.csv").exists():
+        (out / "metrics.csv").unlink()
+    logger = _Logger(out)
+    began = time.perf_counter()
+
+    def epoch_done(metrics: EpochMetrics) -> None:
+        logger.epoch(metrics, run.global_step)
+        if on_epoch is not None:
+            on_epoch(metrics)
+
+    try:
+        history = fit_face(run, splits.train, cfg=cfg, augment=config.faces.data.augment, epochs=cfg.epochs,
+                           seed=config.seed, device=device, pairs=splits.pairs, benchmarks=benchmarks,
+                           on_epoch=epoch_done, on_step=logger.step, checkpoint=checkpoint)
+    finally:
+        logger.close()
+    model_path = out / "model.pt"
+    atomic_torch_save({"format": "facenas.face-model/1", "arch": arch.to_dict(), "preprocess": preprocess,
+                       "model": run.model.state_dict(), "facenas_version": __version__}, model_path)
+    last = history[-1]
+    best = max((e for e in history if not math.isnan(e.val_acc)), key=lambda e: e.val_acc, default=last)
+    report = {
+        "arch": arch.to_dict(), "arch_short": arch.short(), "params": count_params(arch), "macs": count_macs(arch),
+        "epochs": len(history), "seed": config.seed, "data": splits.summary(),
+        "heldout_accuracy": last.val_acc, "best_heldout_accuracy": best.val_acc, "best_epoch": best.epoch + 1,
+        "xnorm": last.extra.get("xnorm"), "benchmarks": {k[:-4]: v for k, v in last.extra.items()
+                                                         if k.endswith("_acc")},
+        "model": str(model_path), "checkpoint": str(checkpoint.path),
+        "session_wall_s": time.perf_counter() - began, "facenas_version": __version__,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
