@@ -35,3 +35,24 @@ def tiny_config_data() -> dict:
         "final": {"epochs": 2},
         "run": {"executor": "inline"},
     }
+
+
+@pytest.fixture
+def tiny_face_config_data() -> dict:
+    """A face config small enough that a search, a training run and an evaluation take seconds."""
+    return {
+        "name": "tiny-faces",
+        "task": "faces",
+        "seed": 0,
+        "faces": {
+            "data": {"source": "synthetic", "synthetic": {"identities": 30, "images_per_identity": 5, "seed": 3},
+                     "size": 32, "heldout_identities": 10, "heldout_pairs_per_fold": 4},
+            "train": {"epochs": 3, "batch_size": 32, "lr": 0.1, "eval_batch_size": 64,
+                      "margin": {"loss": "arcface", "s": 16.0, "m2": 0.3}},
+        },
+        "model": {"stem_stride": 1, "reductions": 3, "embedding_dim": 16, "embedding_head": "gdc"},
+        "search": {"depth": {"min": 4, "max": 5, "start_epochs": 1, "epoch_step": 0},
+                   "width": {"max": 8, "min": 4, "step": 4, "epoch_step": 0},
+                   "micro": {"epochs": 1, "kernel_pass": False}},
+        "run": {"executor": "inline"},
+    }

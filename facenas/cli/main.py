@@ -63,6 +63,7 @@ def version() -> None:
 def search(
     config: Path = typer.Option(..., "--config", "-c", help="YAML config, e.g. configs/search/digits.yaml"),
     data_root: Optional[Path] = typer.Option(None, help="data.root: folder holding the dataset"),
+    face_source: Optional[str] = typer.Option(None, help="faces.data.source: face image folder or RecordIO"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run.out: run directory (default runs/<name>)"),
     resume: bool = typer.Option(False, "--resume", help="run.resume: continue the run in --out where it stopped"),
     retry_failed: bool = typer.Option(False, "--retry-failed",
@@ -78,14 +79,17 @@ def search(
     """Run the four-phase search (depth, width, operations, kernels) and write best_arch.json."""
     setup_logging(verbose)
     cfg = run_guarded(load_run_config, config, sets, {
-        "data.root": str(data_root) if data_root else None, "run.out": str(out_dir) if out_dir else None,
+        "data.root": str(data_root) if data_root else None, "faces.data.source": face_source,
+        "run.out": str(out_dir) if out_dir else None,
         "run.resume": resume or None, "run.retry_failed": retry_failed or None, "seed": seed,
         "train.device": device, "run.executor": executor, "data.download": download})
     from facenas.cli.progress import RichSearchEvents, print_search_summary
     from facenas.search.run import search_from_config
 
-    out.print(f"facenas {__version__} search [bold]{cfg.name}[/]: dataset {cfg.data.dataset} "
-              f"(protocol {cfg.data.protocol}), seed {cfg.seed}, run directory {cfg.out_dir()}", highlight=False)
+    what = (f"faces from {cfg.faces.data.source} ({cfg.faces.data.heldout_identities} held-out identities)"
+            if cfg.task == "faces" else f"dataset {cfg.data.dataset} (protocol {cfg.data.protocol})")
+    out.print(f"facenas {__version__} search [bold]{cfg.name}[/]: {what}, seed {cfg.seed}, run directory "
+              f"{cfg.out_dir()}", highlight=False)
     with RichSearchEvents(console) as events:
         run = run_guarded(search_from_config, cfg, events=events)
     print_search_summary(out, run)
@@ -289,6 +293,7 @@ def data_build_bin(
 def train(
     arch: Path = typer.Option(..., "--arch", help="architecture JSON from a face search"),
     config: Path = typer.Option(..., "--config", "-c", help="face config, e.g. configs/train/faces-synthetic.yaml"),
+    face_source: Optional[str] = typer.Option(None, help="faces.data.source: face image folder or RecordIO"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run.out: run directory"),
     resume: bool = typer.Option(False, "--resume", help="run.resume: continue from checkpoints/last.pt"),
     epochs: Optional[int] = typer.Option(None, help="faces.train.epochs"),
@@ -300,7 +305,7 @@ def train(
     """Train a face architecture with ArcFace/CosFace; checkpoints, verification, TensorBoard and CSV logs."""
     setup_logging(verbose)
     cfg = run_guarded(load_run_config, config, sets, {
-        "run.out": str(out_dir) if out_dir else None, "run.resume": resume or None,
+        "run.out": str(out_dir) if out_dir else None, "run.resume": resume or None, "faces.data.source": face_source,
         "faces.train.epochs": epochs, "seed": seed, "faces.train.device": device})
     from facenas.cli.progress import RichEpochs
     from facenas.space.arch import Arch
@@ -367,9 +372,8 @@ def demo(
     fresh: bool = typer.Option(False, help="start over instead of resuming a previous demo run"),
 ) -> None:
     """The main job on embedded data: a face search on synthetic faces, final training, LFW-protocol evaluation."""
-    from facenas.demo import run_demo
-
     from facenas.cli.progress import RichSearchEvents
+    from facenas.demo import run_demo
 
     with RichSearchEvents(console) as events:
         summary = run_guarded(run_demo, out_dir, resume=not fresh, events=events, log=out.print)

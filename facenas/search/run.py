@@ -124,8 +124,9 @@ def fingerprint(config: Config) -> str:
     data.pop("name", None)
     data.pop("run", None)
     data.pop("final", None)
-    for key in ("device", "threads", "eval_batch_size"):
+    for key in ("device", "threads", "eval_batch_size", "workers"):
         data["train"].pop(key, None)
+        data["faces"]["train"].pop(key, None)
     data["data"].pop("root", None)
     data["data"].pop("download", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -200,8 +201,12 @@ def write_outputs(config: Config, result: SearchResult, records: list[CandidateR
         p["failed"] += r.status == "failed"
         p["wall_s"] += r.wall_s or 0.0
         p["epochs"] += r.candidate.epochs
+    if config.task == "faces":
+        dataset, protocol = config.faces.data.source, "held-out identities, 10-fold verification accuracy"
+    else:
+        dataset, protocol = config.data.dataset, config.data.protocol
     summary = {
-        "name": config.name, "seed": config.seed, "protocol": config.data.protocol, "dataset": config.data.dataset,
+        "name": config.name, "task": config.task, "seed": config.seed, "protocol": protocol, "dataset": dataset,
         "evaluator": evaluator_info, "result": result.to_dict(), "arch": arch.to_dict(), "arch_short": arch.short(),
         "params": count_params(arch), "macs": count_macs(arch), "candidates": len(records),
         "failed": sum(r.status == "failed" for r in records), "phases": phases,

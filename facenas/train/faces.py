@@ -35,15 +35,16 @@ from facenas.train.metrics import EpochMetrics
 CHECKPOINT_FORMAT = "facenas.face-checkpoint/1"
 
 
-def make_augment(cfg: FaceAugmentConfig) -> Any:
+def make_augment(cfg: FaceAugmentConfig, channels: int = 3) -> Any:
     import albumentations as A
 
+    grey = [A.ToGray(p=cfg.grey)] if channels == 3 else []
     return A.Compose([
         A.HorizontalFlip(p=cfg.flip),
         A.Affine(scale=(0.95, 1.05), translate_percent=(-0.04, 0.04), rotate=(-8, 8), p=cfg.affine),
         A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=cfg.brightness_contrast),
         A.GaussianBlur(blur_limit=(3, 5), p=cfg.blur),
-        A.ToGray(p=cfg.grey),
+        *grey,
     ], seed=0)
 
 
@@ -148,7 +149,7 @@ def fit_face(run: FaceRun, train: FaceSet, *, cfg: FaceTrainConfig, augment: Fac
     `val_acc` of an epoch is the 10-fold verification accuracy (%) on `pairs`; `train_acc` the accuracy of the
     class-centre argmax on the augmented training batches; `extra` holds XNorm and each benchmark's accuracy.
     """
-    transform = make_augment(augment)
+    transform = make_augment(augment, train.images.shape[1])
     precision = face_precision(cfg, device)
     cast = autocast(device, precision)
     channels_last = use_channels_last(run.model, device, cfg.channels_last, precision)

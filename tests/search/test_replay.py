@@ -131,3 +131,22 @@ def test_malformed_logs_get_clear_errors(tmp_path):
 def test_cli_replay_on_a_missing_file_is_one_clear_line(tmp_path):
     result = runner.invoke(app, ["replay", str(tmp_path / "nope.json")])
     assert result.exit_code == 2 and "does not exist" in result.output and "Traceback" not in result.output
+
+
+# method.md section 4: the published (D, C, parameters in M) of the "T" runs
+PAPER_T = {"CIFAR10": (26, 46, 0.466), "CIFAR100": (21, 56, 0.489), "FashionMNIST": (18, 54, 0.508),
+           "KMNIST": (18, 50, 0.420), "EMNIST": (17, 50, 0.406)}
+
+
+@pytest.mark.parametrize("log", REPLAY_LOGS, ids=lambda p: p.stem)
+def test_replayed_result_is_the_published_architecture(log):
+    from facenas.search.replay import profile_for
+    from facenas.space.arch import Arch
+    from facenas.space.count import count_params
+
+    authors = load_log(log)
+    result = replay(authors).result
+    depth, width, params = PAPER_T[authors.dataset]
+    final = Arch(result.macro_width, result.macro_depth, result.ops, result.kernels, profile_for(authors.dataset))
+    assert (result.macro_depth, result.macro_width) == (depth, width)
+    assert round(count_params(final) / 1e6, 3) == params  # the final model uses the macro width

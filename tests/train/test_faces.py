@@ -1,0 +1,152 @@
+"""Face training: it learns, scores on held-out identities, and resumes exactly from any checkpoint."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from facenas.config import parse_config
+from facenas.data.faces.splits import load_face_splits
+from facenas.errors import NonFiniteLossError
+from facenas.space.arch import Arch
+from facenas.train.evaluators import FaceEvaluator, face_profile
+from facenas.train.face_job import retarget, train_faces
+from facenas.train.faces import fit_face, new_run
+
+
+def test_splits_keep_heldout_identities_out_of_training(tiny_face_config_data):
+    cfg = parse_config(tiny_face_config_data)
+    splits = load_face_splits(cfg.faces.data, cfg.seed)
+    assert not set(splits.train.identities) & set(splits.heldout.identities)
+    assert splits.heldout.num_identities == 10 and splits.train.num_identities == 20
+    assert splits.train.images.shape[1:] == (3, 32, 32) and len(splits.pairs) > 0
+
+
+def test_face_evaluator_scores_verification_on_heldout_identities(tiny_face_config_data):
+    cfg = parse_config(tiny_face_config_data)
+    metrics = FaceEvaluator(cfg).evaluate(Arch.uniform(8, 4, face_profile(cfg)), 3, seed=1)
+    assert len(metrics.epochs) == 3 and all(0 <= e.val_acc <= 100 for e in metrics.epochs)
+    assert metrics.best_val == max(e.val_acc for e in metrics.epochs)
+    assert metrics.epochs[-1].extra["xnorm"] > 0
+    assert metrics.best_val > 55.0  # chance is 50 %
+
+
+def _fresh(cfg, epochs):
+    splits = load_face_splits(cfg.faces.data, cfg.seed)
+    arch = Arch.uniform(6, 4, face_profile(cfg))
+    run = new_run(arch, splits.train.num_identities, cfg.faces.train, epochs=epochs,
+                  steps_per_epoch=math.ceil(len(splits.train) / cfg.faces.train.batch_size), seed=0,
+                  device=torch.device("cpu"), preprocess={})
+    return run, splits
+
+
+class MemoryCheckpoint:
+    def __init__(self):
+        self.saved = []
+
+    def load(self):
+        return self.saved[-1] if self.saved else None
+
+    def save(self, state):
+        import copy
+        self.saved.append(copy.deepcopy(state))
+
+
+def test_resuming_from_a_mid_epoch_checkpoint_is_exact(tiny_face_config_data):
+    data = dict(tiny_face_config_data)
+    data["faces"] = {**data["faces"], "train": {**data["faces"]["train"], "checkpoint_every_steps": 2}}
+    cfg = parse_config(data)
+    run, splits = _fresh(cfg, 3)
+    fit_face(run, splits.train, cfg=cfg.faces.train, augment=cfg.faces.data.augment, epochs=3, seed=0,
+             device=torch.device("cpu"), pairs=splits.pairs)
+    straight = {k: v.clone() for k, v in run.model.state_dict().items()}
+
+    store = MemoryCheckpoint()
+    run2, _ = _fresh(cfg, 3)
+
+    class Crash(Exception):
+        pass
+
+    def crash_mid_epoch(r, values):
+        if r.epoch == 1 and r.epoch_step == 3:  # just after the step-2 checkpoint of epoch 2 plus one step
+            raise Crash
+
+    with pytest.raises(Crash):
+        fit_face(run2, splits.train, cfg=cfg.faces.train, augment=cfg.faces.data.augment, epochs=3, seed=0,
+                 device=torch.device("cpu"), pairs=splits.pairs, on_step=crash_mid_epoch, checkpoint=store)
+    state = store.load()
+    assert state["epoch"] == 1 and state["epoch_step"] == 2 and state["format"].startswith("facenas.face")
+    run3, _ = _fresh(cfg, 3)
+    run3.load_state_dict(state)
+    fit_face(run3, splits.train, cfg=cfg.faces.train, augment=cfg.faces.data.augment, epochs=3, seed=0,
+             device=torch.device("cpu"), pairs=splits.pairs, checkpoint=store)
+    assert all(torch.equal(straight[k], v) for k, v in run3.model.state_dict().items())
+    assert [e.val_acc for e in run3.history] == [e.val_acc for e in run.history]
+
+
+def test_nan_loss_stops_with_a_clear_error(tiny_face_config_data):
+    data = dict(tiny_face_config_data)
+    data["faces"] = {**data["faces"], "train": {**data["faces"]["train"], "lr": 1e30, "grad_clip": 1e30}}
+    cfg = parse_config(data)
+    run, splits = _fresh(cfg, 2)
+    with pytest.raises(NonFiniteLossError, match="training loss became"):
+        fit_face(run, splits.train, cfg=cfg.faces.train, augment=cfg.faces.data.augment, epochs=2, seed=0,
+                 device=torch.device("cpu"))
+
+
+def test_train_job_writes_a_self_contained_model_and_logs(tmp_path, tiny_face_config_data):
+    cfg = parse_config({**tiny_face_config_data, "run": {"out": str(tmp_path)}})
+    searched = Arch.uniform(6, 4, face_profile(cfg))
+    report = train_faces(searched, cfg)
+    assert report["epochs"] == 3 and (tmp_path / "model.pt").exists() and (tmp_path / "metrics.csv").exists()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    from facenas.models.checkpoint import load_face_model
+
+    model, arch, preprocess = load_face_model(tmp_path / "model.pt")
+    assert arch == searched and preprocess["mean"] == 127.5
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 16)
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 4 and "xnorm" in rows[0]
+
+
+def test_a_half_resolution_result_retargets_to_112(tiny_face_config_data):
+    cfg = parse_config(tiny_face_config_data)
+    found = Arch(8, 6, [0, 1, 0, 0, 1, 0], [3, 5, 3, 3, 3, 7], face_profile(cfg))
+    full = parse_config({**tiny_face_config_data, "faces": {**tiny_face_config_data["faces"],
+                                                           "data": {**tiny_face_config_data["faces"]["data"],
+                                                                    "size": 64}},
+                         "model": {**tiny_face_config_data["model"], "stem_stride": 2}})
+    moved = retarget(found, full)
+    assert (moved.width, moved.depth, moved.ops, moved.kernels) == (found.width, found.depth, found.ops, found.kernels)
+    assert moved.profile.stem_stride == 2 and moved.profile.feature_size() == found.profile.feature_size()
+    from facenas.space.count import count_params
+    assert count_params(moved) == count_params(found)  # same final map: same GDC kernel, same parameters
+
+
+def test_grey_networks_take_one_channel(tiny_face_config_data):
+    data = dict(tiny_face_config_data)
+    data["faces"] = {**data["faces"], "data": {**data["faces"]["data"], "channels": 1}}
+    cfg = parse_config(data)
+    splits = load_face_splits(cfg.faces.data, cfg.seed)
+    assert splits.train.images.shape[1] == 1
+    metrics = FaceEvaluator(cfg).evaluate(Arch.uniform(4, 4, face_profile(cfg)), 1, seed=0)
+    assert np.isfinite(metrics.best_val)
+
+
+def test_a_candidate_trains_on_the_real_orl_faces(tiny_face_config_data):
+    from tests.conftest import shared_path
+
+    folder = shared_path("att_faces")
+    data = dict(tiny_face_config_data)
+    data["faces"] = {**data["faces"], "data": {"source": str(folder), "channels": 1, "size": 32,
+                                               "heldout_identities": 10, "heldout_pairs_per_fold": 10}}
+    cfg = parse_config(data)
+    splits = load_face_splits(cfg.faces.data, cfg.seed)
+    assert splits.train.num_identities == 30 and splits.heldout.num_identities == 10
+    assert len(splits.train) == 300 and len(splits.pairs) == 200
+    metrics = FaceEvaluator(cfg).evaluate(Arch.uniform(8, 4, face_profile(cfg)), 2, seed=0)
+    assert 50.0 <= metrics.best_val <= 100.0

@@ -1,0 +1,77 @@
+"""Margin heads: ArcFace / CosFace / combined, numerically safe, float32 logits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from facenas.errors import ConfigError
+from facenas.train.losses import MarginHead, MarginSoftmax, NormalizedClassifier
+
+
+def test_arcface_adds_the_angle_to_the_target_only():
+    cos = torch.tensor([[0.6, 0.2, -0.1], [0.1, 0.9, 0.3]])
+    labels = torch.tensor([0, 1])
+    logits = MarginSoftmax(s=64, m2=0.5)(cos, labels)
+    assert logits[0, 0].item() == pytest.approx(64 * math.cos(math.acos(0.6) + 0.5), rel=1e-5)
+    assert logits[1, 1].item() == pytest.approx(64 * math.cos(math.acos(0.9) + 0.5), rel=1e-5)
+    assert torch.allclose(logits[0, 1:], 64 * cos[0, 1:]) and logits[1, 0].item() == pytest.approx(6.4)
+
+
+def test_cosface_and_combined_margins():
+    cos = torch.tensor([[0.7, 0.1]])
+    y = torch.tensor([0])
+    assert MarginSoftmax(s=30, m2=0.0, m3=0.35)(cos, y)[0, 0].item() == pytest.approx(30 * 0.35, rel=1e-5)
+    combined = MarginSoftmax(s=1, m1=1.0, m2=0.3, m3=0.2)(cos, y)[0, 0].item()
+    assert combined == pytest.approx(math.cos(math.acos(0.7) + 0.3) - 0.2, rel=1e-5)
+    sphere = MarginSoftmax(s=1, m1=2.0, m2=0.0, m3=0.0)(cos, y)[0, 0].item()
+    assert sphere == pytest.approx(math.cos(2 * math.acos(0.7)), rel=1e-4)
+
+
+def test_target_stays_monotonic_past_pi_and_gradients_stay_finite():
+    margin = MarginSoftmax(s=64, m2=0.5)
+    cos = torch.linspace(-1.0, 1.0, 2001, requires_grad=True)
+    target = margin.target(cos)
+    assert torch.all(target[1:] >= target[:-1])  # decreasing in theta = increasing in cos
+    target.sum().backward()
+    assert torch.all(torch.isfinite(cos.grad))
+    sphere = MarginSoftmax(s=1, m1=3.0, m2=0.2)
+    cos2 = torch.linspace(-1.0, 1.0, 2001)
+    t2 = sphere.target(cos2)
+    assert torch.all(t2[1:] >= t2[:-1] - 1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"s": 0}, "s = 0 must be > 0"), ({"m1": 0.5}, "m1 = 0.5 must be >= 1"),
+    ({"m2": 4.0}, "m2 = 4.0 must lie in"), ({"m3": -0.1}, "m3 = -0.1 must lie in"),
+])
+def test_bad_margins_name_their_values(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        MarginSoftmax(**kwargs)
+
+
+def test_logits_are_float32_under_autocast_and_the_loss_trains():
+    torch.manual_seed(0)
+    head = MarginHead(8, 5, 16.0, 1.0, 0.3, 0.0)
+    emb = torch.randn(20, 8, requires_grad=True)
+    labels = torch.arange(20) % 5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cos = head.classifier(emb.bfloat16())
+    assert cos.dtype == torch.float32
+    opt = torch.optim.SGD(list(head.parameters()) + [emb], lr=0.5)
+    first = None
+    for _ in range(30):
+        loss, _ = head(emb, labels)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first
+
+
+def test_classifier_returns_cosines():
+    clf = NormalizedClassifier(4, 3)
+    cos = clf(torch.randn(6, 4))
+    assert cos.shape == (6, 3) and cos.abs().max() <= 1 + 1e-6
