@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from facenas import __version__
-from facenas.data.faces.pairs import sample_pairs, write_pairs
+from facenas.data.faces.pairs import pairs_txt_rows, sample_pairs, write_pairs
 from facenas.data.faces.synthetic import render
 from facenas.evaluate.run import PairSource, evaluate_model
 from facenas.models import build_model
@@ -55,12 +55,7 @@ def write_lfw(root: Path) -> tuple[Path, Path, Path]:
     landmarks_file.write_text("\n".join(lines) + "\n")
     labels_arr = np.asarray(labels)
     index = sample_pairs(labels_arr, PAIRS_PER_FOLD, folds=10, seed=0)
-    rows = []
-    for fold in range(10):
-        for same in (True, False):
-            sel = (index.folds == fold) & (index.issame == same)
-            rows += [(f"Person_{labels_arr[a]:05d}", numbers[a], f"Person_{labels_arr[b]:05d}", numbers[b])
-                     for a, b in zip(index.a[sel], index.b[sel])]
+    rows = pairs_txt_rows(index, [f"Person_{k:05d}" for k in labels_arr], numbers)
     write_pairs(pairs_file, rows, 10, PAIRS_PER_FOLD)
     return lfw, pairs_file, landmarks_file
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from facenas.config import Config, parse_config, to_yaml
 from facenas.data.faces.build import write_folder
-from facenas.data.faces.pairs import sample_pairs, write_pairs
+from facenas.data.faces.pairs import pairs_txt_rows, sample_pairs, write_pairs
 from facenas.data.faces.synthetic import synthetic_faces
 from facenas.search.run import SearchEvents, search_from_config
 
@@ -62,16 +62,8 @@ def write_synthetic_lfw(root: Path, seed: int = 0) -> tuple[Path, Path, Path]:
              for p, lmk in zip(paths, faces.landmarks)]
     landmarks_file.write_text("\n".join(lines) + "\n")
     index = sample_pairs(faces.labels, BENCHMARK_PAIRS_PER_FOLD, folds=10, seed=seed)
-    numbers = {}
-    for i, path in enumerate(paths):
-        numbers[i] = int(path.stem.rsplit("_", 1)[1])
-    rows = []
-    for fold in range(10):
-        for same in (True, False):
-            sel = (index.folds == fold) & (index.issame == same)
-            for a, b in zip(index.a[sel], index.b[sel]):
-                rows.append((faces.identities[faces.labels[a]], numbers[a], faces.identities[faces.labels[b]],
-                             numbers[b]))
+    names = [faces.identities[label] for label in faces.labels]
+    rows = pairs_txt_rows(index, names, [int(p.stem.rsplit("_", 1)[1]) for p in paths])
     write_pairs(pairs_file, rows, 10, BENCHMARK_PAIRS_PER_FOLD)
     return lfw, pairs_file, landmarks_file
 

@@ -83,6 +83,7 @@ class FaceRun:
     epoch: int = 0  # epochs completed
     epoch_step: int = 0  # steps completed within the current epoch
     global_step: int = 0
+    partial: dict[str, float] = field(default_factory=dict)  # the current epoch's running sums, for mid-epoch resume
 
     def state_dict(self, extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         rng = {"torch": torch.get_rng_state()}
@@ -94,6 +95,7 @@ class FaceRun:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rng, "epoch": self.epoch, "epoch_step": self.epoch_step,
             "global_step": self.global_step, "history": [e.to_dict() for e in self.history],
+            "partial": dict(self.partial),
             "facenas_version": __version__, **(extra or {}),
         }
 
@@ -108,6 +110,7 @@ class FaceRun:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.epoch, self.epoch_step, self.global_step = state["epoch"], state["epoch_step"], state["global_step"]
         self.history = [EpochMetrics.from_dict(e) for e in state["history"]]
+        self.partial = dict(state.get("partial", {}))
 
 
 def new_run(arch: Arch, num_classes: int, cfg: FaceTrainConfig, *, epochs: int, steps_per_epoch: int, seed: int,
@@ -163,9 +166,10 @@ def fit_face(run: FaceRun, train: FaceSet, *, cfg: FaceTrainConfig, augment: Fac
         order = np.random.default_rng(np.random.SeedSequence([seed, epoch, 11])).permutation(len(train))
         run.model.train()
         run.head.train()
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        seen = 0
+        resumed = run.partial if run.epoch_step else {}
+        correct = torch.tensor(int(resumed.get("correct", 0)), dtype=torch.long, device=device)
+        loss_sum = torch.tensor(float(resumed.get("loss_sum", 0.0)), dtype=torch.float64, device=device)
+        seen = int(resumed.get("seen", 0))
         for step in range(run.epoch_step, steps_per_epoch):
             positions = np.arange(step * cfg.batch_size, min((step + 1) * cfg.batch_size, len(train)))
             index = order[positions]
@@ -193,6 +197,7 @@ def fit_face(run: FaceRun, train: FaceSet, *, cfg: FaceTrainConfig, augment: Fac
                 on_step(run, {"loss": float(loss.detach()), "lr": float(run.optimizer.param_groups[0]["lr"])})
             if checkpoint is not None and cfg.checkpoint_every_steps and run.global_step % cfg.checkpoint_every_steps \
                     == 0 and run.epoch_step < steps_per_epoch:
+                run.partial = {"correct": int(correct.item()), "loss_sum": float(loss_sum.item()), "seen": seen}
                 checkpoint.save(run.state_dict())
         extra: dict[str, float] = {}
         val_acc = math.nan
@@ -212,7 +217,7 @@ def fit_face(run: FaceRun, train: FaceSet, *, cfg: FaceTrainConfig, augment: Fac
                                lr=float(run.optimizer.param_groups[0]["lr"]), seconds=time.perf_counter() - began,
                                extra=extra)
         run.history.append(metrics)
-        run.epoch, run.epoch_step = epoch + 1, 0
+        run.epoch, run.epoch_step, run.partial = epoch + 1, 0, {}
         if checkpoint is not None:
             checkpoint.save(run.state_dict())
         if on_epoch is not None:

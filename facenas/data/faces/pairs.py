@@ -251,6 +251,19 @@ def sample_pairs(labels: np.ndarray, per_fold: int, *, folds: int = 10, seed: in
     return PairIndex(np.asarray(a), np.asarray(b), np.asarray(same), np.asarray(fold_of))
 
 
+def pairs_txt_rows(index: PairIndex, names: Sequence[str], numbers: Sequence[int]) -> list[tuple[str, int, str, int]]:
+    """`pairs.txt` rows for sampled pairs: fold by fold, matched before mismatched, as LFW orders them.
+
+    `names[i]` and `numbers[i]` are the person and the image number of item i (`name/name_000n.jpg`).
+    """
+    rows = []
+    for fold in np.unique(index.folds):
+        for same in (True, False):
+            sel = (index.folds == fold) & (index.issame == same)
+            rows += [(names[a], numbers[a], names[b], numbers[b]) for a, b in zip(index.a[sel], index.b[sel])]
+    return rows
+
+
 def pairs_from_faces(faces: FaceSet, per_fold: int, *, folds: int = 10, seed: int = 0,
                      name: str = "pairs") -> PairSet:
     """Verification pairs over a face set's images (see `sample_pairs`)."""
