@@ -34,6 +34,10 @@ class JournalError(FacenasError):
     """The search journal is unreadable or does not belong to this run."""
 
 
+class ExportError(FacenasError):
+    """An export failed or did not pass its verification."""
+
+
 class SearchAborted(FacenasError):
     """The search stopped on purpose, e.g. after too many failed candidates in a row."""
 

@@ -367,6 +367,45 @@ def evaluate(
 
 
 @app.command()
+def export(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="facenas face checkpoint or model.pt"),
+    out_file: Path = typer.Option(..., "--out", help="the .onnx file to write (its card goes next to it)"),
+    opset: int = typer.Option(17, help="ONNX opset (11 or newer)"),
+    quantize: Optional[str] = typer.Option(None, help="also write an int8 model: int8"),
+    calibration_bin: Optional[Path] = typer.Option(None, help=".bin pair set to choose the threshold on "
+                                                             "(default: the training run's held-out pairs)"),
+    lfw_dir: Optional[Path] = typer.Option(None, help="or an LFW directory (with --pairs) to choose it on"),
+    pairs: Optional[Path] = typer.Option(None, help="pairs.txt for --lfw-dir"),
+) -> None:
+    """Export to ONNX with insightface's recognition contract, verify it, and write its model card."""
+    from facenas.export.onnx import calibration_from_run, export_onnx
+
+    if quantize not in (None, "int8"):
+        fail(f"--quantize {quantize!r}: only int8 is supported")
+
+    def run() -> Any:
+        from facenas.data.faces.images import Preprocess
+        from facenas.evaluate.run import PairSource, load_pair_source
+
+        if calibration_bin is not None or lfw_dir is not None:
+            if lfw_dir is not None and pairs is None:
+                fail("--lfw-dir needs --pairs")
+            source = (PairSource(calibration_bin.stem, bin=calibration_bin) if calibration_bin else
+                      PairSource(lfw_dir.name, lfw_dir=lfw_dir, pairs=pairs))  # type: ignore[union-attr]
+            calibration, name = load_pair_source(source, Preprocess()), source.name
+        else:
+            calibration, name = calibration_from_run(checkpoint)
+        if calibration is None:
+            console.print("[yellow]no calibration set[/]: the card has no threshold; `facenas serve` will need "
+                          "--threshold")
+        return export_onnx(checkpoint, out_file, opset=opset, calibration=calibration, calibration_name=name,
+                           quantize=quantize)
+
+    report = run_guarded(run)
+    out.print_json(json.dumps(report.to_dict()))
+
+
+@app.command()
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="where the demo writes its runs"),
     fresh: bool = typer.Option(False, help="start over instead of resuming a previous demo run"),

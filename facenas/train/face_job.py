@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from facenas import __version__
-from facenas.config import Config, VerifySetConfig
+from facenas.config import Config, VerifySetConfig, to_yaml
 from facenas.data.faces.images import Preprocess
 from facenas.data.faces.pairs import load_pair_images, parse_pairs, read_bin
 from facenas.data.faces.splits import load_face_splits
@@ -91,6 +91,7 @@ def train_faces(arch: Arch, config: Config, *, on_epoch: Optional[Callable[[Epoc
     arch = retarget(arch, config)
     out = config.out_dir()
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(config))  # `facenas export` finds the held-out pairs through it
     device = setup_torch(config)
     cfg = config.faces.train
     splits = load_face_splits(config.faces.data, config.seed)

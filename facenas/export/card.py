@@ -1,0 +1,97 @@
+"""The model card: what a deployed embedding model is, how to feed it, and where its threshold comes from.
+
+Written next to every exported ONNX file (`<name>.card.json`) and read by the service, so that nothing about
+preprocessing or decisions is guessed (face-ecosystem.md 5, pains 2, 3, 7). Torch-free on purpose: the service
+loads cards without PyTorch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from facenas.errors import DataError
+
+CARD_FORMAT = "facenas.model-card/1"
+INPUT_CONTRACT = {
+    "name": "data", "shape": ["N", 3, 112, 112], "dtype": "float32", "layout": "NCHW", "color": "RGB",
+    "normalization": "(x - 127.5) / 127.5, applied outside the graph",
+    "alignment": "insightface ArcFace 5-point template, 112x112 (face_align.norm_crop)",
+}
+
+
+@dataclass
+class Threshold:
+    """A same-person decision threshold on cosine similarity, and where it was chosen."""
+
+    cosine: float
+    squared_distance: float
+    chosen_on: str
+    pairs: int
+    rule: str
+    far: float
+    tar: float
+    accuracy: float
+
+
+@dataclass
+class ModelCard:
+    arch: dict[str, Any]
+    arch_short: str
+    params: int
+    macs: int
+    embedding_size: int
+    onnx_sha256: str
+    facenas_version: str
+    input: dict[str, Any] = field(default_factory=lambda: dict(INPUT_CONTRACT))
+    threshold: Optional[Threshold] = None
+    thresholds_at_far: dict[str, Optional[dict[str, float]]] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    source_checkpoint: Optional[str] = None
+    trained_channels: int = 3
+    trained_size: int = 112
+    quantization: Optional[str] = None
+    format: str = CARD_FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
+        if data.get("format") != CARD_FORMAT:
+            raise DataError(f"not a facenas model card (format {data.get('format')!r}, expected {CARD_FORMAT!r})")
+        data = dict(data)
+        if data.get("threshold") is not None:
+            data["threshold"] = Threshold(**data["threshold"])
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def card_path(onnx_path: str | Path) -> Path:
+    path = Path(onnx_path)
+    return path.with_name(path.stem + ".card.json")
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_card(onnx_path: str | Path, verify_hash: bool = True) -> Optional[ModelCard]:
+    """The card next to an ONNX file, or None where there is none; refuses a card of another file."""
+    path = card_path(onnx_path)
+    if not path.exists():
+        return None
+    try:
+        card = ModelCard.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise DataError(f"{path}: unreadable model card ({exc})") from None
+    if verify_hash and card.onnx_sha256 != sha256_file(onnx_path):
+        raise DataError(f"{path} describes another file (sha256 differs from {onnx_path}); re-export the model")
+    return card

@@ -1,0 +1,307 @@
+"""`facenas export`: a facenas face model -> one ONNX file with insightface's recognition contract, verified.
+
+Contract (face-ecosystem.md 1.7-1.9): one input `data`, float32 NCHW `[N, 3, 112, 112]` with only the batch
+symbolic, RGB, normalised `(x - 127.5) / 127.5` outside the graph; one output, the raw embedding; a single file.
+A model trained on grey or at another size still meets it: a fixed 1x1 convolution turns RGB into grey (luma
+weights; normalisation commutes with it because the weights sum to 1) and an average pool or a resize brings
+112 to the trained size, inside the graph. Nodes are never named `Sub`/`Mul` at the start of the graph, so
+insightface's `ArcFaceONNX` keeps normalising outside.
+
+Every export is verified before it is reported: onnxruntime against PyTorch (cosine > 0.99999 on aligned,
+face-like crops, batch sizes 1 and 7), `insightface.model_zoo.get_model` routing the file to `ArcFaceONNX` with
+`get_feat` giving the same embeddings, and, given a calibration set, the verification accuracy of the ONNX
+equal to the checkpoint's. The calibration set also gives the card's threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from facenas import __version__
+from facenas.data.faces.types import PairSet
+from facenas.errors import ExportError
+from facenas.evaluate.metrics import squared_distances
+from facenas.export.card import INPUT_CONTRACT, ModelCard, Threshold, card_path, sha256_file
+from facenas.space.count import count_macs, count_params
+
+CONTRACT_SIZE = 112
+MIN_COSINE = 0.99999
+
+
+class ContractWrapper(nn.Module):
+    """Normalised RGB 112x112 in, the trained model's own input inside, the raw embedding out."""
+
+    def __init__(self, model: nn.Module, channels: int, size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.to_grey: Optional[nn.Module] = None
+        if channels == 1:
+            conv = nn.Conv2d(3, 1, 1, bias=False)
+            conv.weight.data = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            conv.weight.requires_grad_(False)
+            self.to_grey = conv
+        self.size = size
+        self.pool: Optional[nn.Module] = None
+        if size != CONTRACT_SIZE and CONTRACT_SIZE % size == 0:
+            self.pool = nn.AvgPool2d(CONTRACT_SIZE // size)
+
+    def forward(self, data: torch.Tensor) -> torch.Tensor:
+        x = data
+        if self.to_grey is not None:
+            x = self.to_grey(x)
+        if self.pool is not None:
+            x = self.pool(x)
+        elif self.size != CONTRACT_SIZE:
+            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.model(x)
+
+
+def face_crops(count: int = 7, seed: int = 0) -> np.ndarray:
+    """Aligned, face-like RGB crops (uint8 N, 3, 112, 112) for verifying an export."""
+    from facenas.data.faces.synthetic import synthetic_faces
+
+    faces = synthetic_faces(count, 1, seed=seed, first_identity=900_000)
+    return faces.images
+
+
+def _normalise(images: np.ndarray) -> np.ndarray:
+    return (images.astype(np.float32) - 127.5) / 127.5
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float(np.min(np.sum(a * b, axis=1)))
+
+
+@dataclass
+class Verification:
+    ort_vs_torch_min_cosine: dict[str, float] = field(default_factory=dict)
+    insightface_class: str = ""
+    insightface_min_cosine: float = float("nan")
+    accuracy_checkpoint: Optional[float] = None
+    accuracy_onnx: Optional[float] = None
+
+
+def verify_onnx(path: Path, wrapper: nn.Module, crops: np.ndarray) -> Verification:
+    import onnxruntime as ort
+
+    result = Verification()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or inputs[0].name != "data" or len(outputs) != 1:
+        raise ExportError(f"{path}: expected one input 'data' and one output, got {[i.name for i in inputs]} -> "
+                          f"{[o.name for o in outputs]}")
+    shape = inputs[0].shape
+    if isinstance(shape[0], int) or list(shape[1:]) != [3, CONTRACT_SIZE, CONTRACT_SIZE]:
+        raise ExportError(f"{path}: input shape {shape} breaks the contract [N, 3, 112, 112]")
+    x = _normalise(crops)
+    with torch.inference_mode():
+        reference = wrapper(torch.from_numpy(x)).numpy()
+    for batch in (1, 7):
+        got = np.concatenate([session.run(None, {"data": x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+        result.ort_vs_torch_min_cosine[str(batch)] = _min_cosine(got, reference)
+        if result.ort_vs_torch_min_cosine[str(batch)] < MIN_COSINE:
+            raise ExportError(f"{path}: onnxruntime and PyTorch disagree at batch {batch} (cosine "
+                              f"{result.ort_vs_torch_min_cosine[str(batch)]:.7f} < {MIN_COSINE})")
+    import warnings
+
+    from insightface.model_zoo import get_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_model(str(path), providers=["CPUExecutionProvider"])
+    result.insightface_class = type(model).__name__ if model is not None else "None"
+    if result.insightface_class != "ArcFaceONNX":
+        raise ExportError(f"{path}: insightface.model_zoo.get_model does not recognise it as a recognition model "
+                          f"(got {result.insightface_class})")
+    bgr = [np.ascontiguousarray(img.transpose(1, 2, 0)[:, :, ::-1]) for img in crops]
+    feats = model.get_feat(bgr)
+    result.insightface_min_cosine = _min_cosine(np.asarray(feats), reference)
+    if result.insightface_min_cosine < MIN_COSINE:
+        raise ExportError(f"{path}: insightface's get_feat disagrees with PyTorch (cosine "
+                          f"{result.insightface_min_cosine:.7f})")
+    return result
+
+
+def choose_threshold(dist: np.ndarray, issame: np.ndarray, name: str) -> Threshold:
+    """The squared-distance threshold with the best accuracy over all pairs of the calibration set."""
+    grid = np.arange(0, 4, 0.01)
+    accuracy = np.array([((dist < t) == issame).mean() for t in grid])
+    best = float(grid[int(np.argmax(accuracy))])
+    predicted = dist < best
+    far = float((predicted & ~issame).sum() / max((~issame).sum(), 1))
+    tar = float((predicted & issame).sum() / max(issame.sum(), 1))
+    return Threshold(cosine=1 - best / 2, squared_distance=best, chosen_on=name, pairs=int(len(issame)),
+                     rule="best accuracy over all pairs of the set (insightface threshold grid)", far=far, tar=tar,
+                     accuracy=float(accuracy.max()))
+
+
+def _export_graph(wrapper: nn.Module, path: Path, opset: int) -> None:
+    import onnx
+
+    tmp = path.with_suffix(".tmp.onnx")
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(wrapper, (torch.zeros(1, 3, CONTRACT_SIZE, CONTRACT_SIZE),), str(tmp),
+                          input_names=["data"], output_names=["embedding"],
+                          dynamic_axes={"data": {0: "N"}, "embedding": {0: "N"}}, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
+    model = onnx.load(str(tmp))
+    tmp.unlink()
+    for key, value in (("producer", f"facenas {__version__}"), ("input_contract", json.dumps(INPUT_CONTRACT))):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path), save_as_external_data=False)
+
+
+@dataclass
+class ExportReport:
+    onnx: str
+    card: str
+    verification: Verification
+    card_data: dict[str, Any]
+    quantized: Optional[dict[str, Any]] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"onnx": self.onnx, "card": self.card, "verification": asdict(self.verification),
+                "threshold": self.card_data.get("threshold"), "quantized": self.quantized}
+
+
+def _accuracy(embed: Any, pairs: PairSet, batch: int = 128) -> tuple[float, np.ndarray, Any]:
+    from facenas.evaluate.verify import evaluate_pairs
+
+    report, emb = evaluate_pairs(embed, pairs, batch_size=batch)
+    dist = squared_distances(emb.embeddings[0::2], emb.embeddings[1::2])
+    return report.accuracy, dist, report
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, calibration: Optional[PairSet] = None,
+                calibration_name: str = "", quantize: Optional[str] = None) -> ExportReport:
+    """Export, verify, choose the threshold, write the card; optionally also an int8 model with its own card."""
+    from facenas.evaluate.verify import OnnxEmbedder, TorchEmbedder
+    from facenas.models.checkpoint import load_face_model
+
+    if opset < 11:
+        raise ExportError(f"opset {opset} is too old; insightface's contract needs 11 or newer")
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise ExportError(f"{out}: the output must end in .onnx")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model, arch, _ = load_face_model(checkpoint)
+    if arch.profile.head != "embedding":
+        raise ExportError(f"{checkpoint}: a classifier cannot be exported as a face embedding model")
+    profile = arch.profile
+    wrapper = ContractWrapper(model, profile.in_channels, profile.input_size).eval()
+    _export_graph(wrapper, out, opset)
+    verification = verify_onnx(out, wrapper, face_crops())
+    card = ModelCard(arch=arch.to_dict(), arch_short=arch.short(), params=count_params(arch),
+                     macs=count_macs(arch), embedding_size=profile.embedding_dim, onnx_sha256=sha256_file(out),
+                     facenas_version=__version__, source_checkpoint=str(checkpoint),
+                     trained_channels=profile.in_channels, trained_size=profile.input_size)
+    if calibration is not None:
+        torch_acc, _, _ = _accuracy(TorchEmbedder(model, profile.input_size, profile.in_channels), calibration)
+        onnx_acc, dist, report = _accuracy(OnnxEmbedder(out), calibration)
+        verification.accuracy_checkpoint, verification.accuracy_onnx = torch_acc, onnx_acc
+        if abs(torch_acc - onnx_acc) > 1.0 / len(calibration):
+            raise ExportError(f"{out}: verification accuracy changed in export ({torch_acc:.4f} -> {onnx_acc:.4f})")
+        card.threshold = choose_threshold(dist, calibration.issame, calibration_name)
+        card.thresholds_at_far = report.tar_at_far
+        card.evaluation = {calibration_name: {k: v for k, v in report.to_dict().items() if k != "roc"}}
+    card_path(out).write_text(card.to_json())
+    result = ExportReport(str(out), str(card_path(out)), verification, asdict(card))
+    if quantize:
+        result.quantized = quantize_int8(out, card, calibration, calibration_name)
+    return result
+
+
+def _latency_ms(path: Path, batch: int, repeats: int = 20) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = _normalise(np.repeat(face_crops(1), batch, axis=0))
+    session.run(None, {"data": x})
+    began = time.perf_counter()
+    for _ in range(repeats):
+        session.run(None, {"data": x})
+    return (time.perf_counter() - began) / repeats * 1000
+
+
+def quantize_int8(float_path: Path, card: ModelCard, calibration: Optional[PairSet],
+                  calibration_name: str) -> dict[str, Any]:
+    """Static int8 quantisation (QDQ, per-channel) with onnxruntime's tools, compared side by side."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from facenas.evaluate.verify import OnnxEmbedder
+
+    calib_images = calibration.images[:256] if calibration is not None else face_crops(64, seed=1)
+    if calib_images.shape[1] == 1:
+        calib_images = np.repeat(calib_images, 3, axis=1)
+    if calib_images.shape[2] != CONTRACT_SIZE:
+        import cv2
+
+        calib_images = np.stack([cv2.resize(img.transpose(1, 2, 0), (CONTRACT_SIZE, CONTRACT_SIZE)).transpose(2, 0, 1)
+                                 for img in calib_images])
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"data": _normalise(calib_images[i:i + 16])} for i in range(0, len(calib_images), 16)])
+
+        def get_next(self) -> Optional[dict[str, np.ndarray]]:
+            return next(self.batches, None)
+
+    int8_path = float_path.with_name(float_path.stem + ".int8.onnx")
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    crops = face_crops()
+    floats = OnnxEmbedder(float_path).embed(crops)
+    ints = OnnxEmbedder(int8_path).embed(crops)
+    comparison: dict[str, Any] = {
+        "int8_onnx": str(int8_path), "method": "onnxruntime quantize_static, QDQ, per-channel int8 weights and "
+                                               "activations, calibrated on the calibration images",
+        "size_bytes": {"float32": float_path.stat().st_size, "int8": int8_path.stat().st_size},
+        "latency_ms_batch1": {"float32": _latency_ms(float_path, 1), "int8": _latency_ms(int8_path, 1)},
+        "latency_ms_batch32": {"float32": _latency_ms(float_path, 32), "int8": _latency_ms(int8_path, 32)},
+        "embedding_min_cosine_vs_float": _min_cosine(ints, floats),
+    }
+    int8_card = ModelCard(**{**asdict(card), "threshold": None, "onnx_sha256": sha256_file(int8_path),
+                             "quantization": "int8 (onnxruntime static QDQ)", "evaluation": {}})
+    if calibration is not None:
+        acc_f, _, _ = _accuracy(OnnxEmbedder(float_path), calibration)
+        acc_i, dist, report = _accuracy(OnnxEmbedder(int8_path), calibration)
+        comparison["accuracy"] = {"float32": acc_f, "int8": acc_i, "set": calibration_name}
+        int8_card.threshold = choose_threshold(dist, calibration.issame, calibration_name)
+        int8_card.thresholds_at_far = report.tar_at_far
+        int8_card.evaluation = {calibration_name: {k: v for k, v in report.to_dict().items() if k != "roc"}}
+    card_path(int8_path).write_text(int8_card.to_json())
+    comparison["int8_card"] = str(card_path(int8_path))
+    return comparison
+
+
+def calibration_from_run(checkpoint: str | Path) -> tuple[Optional[PairSet], str]:
+    """The held-out pairs of the training run a checkpoint comes from (its run directory's config.yaml)."""
+    from facenas.config import load_config
+    from facenas.data.faces.splits import load_face_splits
+
+    path = Path(checkpoint)
+    for folder in (path.parent, path.parent.parent):
+        config_file = folder / "config.yaml"
+        if config_file.exists():
+            config = load_config(config_file)
+            if config.task == "faces":
+                splits = load_face_splits(config.faces.data, config.seed)
+                return splits.pairs, f"held-out identities of {config.name} ({splits.description})"
+    return None, ""
