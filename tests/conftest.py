@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+from facenas.data.faces.pairs import pairs_from_faces
+from facenas.data.faces.synthetic import synthetic_faces
+from facenas.models import build_model
+from facenas.space.arch import Arch, Profile
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -56,3 +62,40 @@ def tiny_face_config_data() -> dict:
                    "micro": {"epochs": 1, "kernel_pass": False}},
         "run": {"executor": "inline"},
     }
+
+
+# -- face models for the export and service tests ------------------------------------------------------------
+
+
+def save_face_model(path, *, channels=3, size=112, stem_stride=2, width=6, seed=0):
+    profile = Profile(in_channels=channels, stem_stride=stem_stride, reductions=3, head="embedding",
+                      embedding_dim=32, input_size=size)
+    arch = Arch(width, 5, [0, 1, 0, 0, 0], [3, 3, 5, 3, 3], profile)
+    torch.manual_seed(seed)
+    model = build_model(arch).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.8, 1.2)
+    torch.save({"format": "facenas.face-model/1", "arch": arch.to_dict(), "model": model.state_dict(),
+                "preprocess": {"size": size, "channels": channels, "mean": 127.5, "std": 127.5}}, path)
+    return arch
+
+
+@pytest.fixture(scope="session")
+def calibration_pairs():
+    faces = synthetic_faces(24, 4, seed=21, first_identity=40_000)
+    return pairs_from_faces(faces, 6, folds=10, seed=0, name="calib")
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, calibration_pairs):
+    """A model exported with a card (threshold chosen on synthetic pairs)."""
+    from facenas.export.onnx import export_onnx
+
+    folder = tmp_path_factory.mktemp("exported")
+    save_face_model(folder / "model.pt")
+    report = export_onnx(folder / "model.pt", folder / "model.onnx", calibration=calibration_pairs,
+                         calibration_name="synthetic calibration pairs")
+    return folder / "model.onnx", report

@@ -406,6 +406,53 @@ def export(
 
 
 @app.command()
+def serve(
+    model: Optional[Path] = typer.Option(None, "--model", help="model: recognition ONNX (insightface's contract)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with the settings below as keys"),
+    host: Optional[str] = typer.Option(None, help="host: address to bind (default 127.0.0.1)"),
+    port: Optional[int] = typer.Option(None, help="port (default 8000)"),
+    db: Optional[Path] = typer.Option(None, help="db: SQLite gallery (default gallery.sqlite)"),
+    threshold: Optional[float] = typer.Option(None, help="threshold: cosine; default the model card's"),
+    api_keys_file: Optional[Path] = typer.Option(None, help="api_keys_file: one key per line"),
+    detector: Optional[str] = typer.Option(None, help="detector: 'haar' or a detector ONNX (e.g. SCRFD)"),
+    rate_limit: Optional[int] = typer.Option(None, help="rate_limit_per_minute per key (0: unlimited)"),
+    max_upload_mb: Optional[float] = typer.Option(None, help="max_upload_bytes, in MB (default 5)"),
+    log_level: str = typer.Option("info", help="uvicorn log level"),
+) -> None:
+    """Serve embeddings, verification and identification over HTTP (FastAPI + uvicorn)."""
+    import yaml
+
+    from facenas.config import parse_config
+    from facenas.serve.settings import ServeSettings
+
+    data: dict[str, Any] = {}
+    if config is not None:
+        if not config.is_file():
+            fail(f"config file {config} does not exist")
+        data = (yaml.safe_load(config.read_text()) or {}).get("serve", {})
+    flags = {"model": model, "host": host, "port": port, "db": db, "threshold": threshold,
+             "api_keys_file": api_keys_file, "detector": detector, "rate_limit_per_minute": rate_limit,
+             "max_upload_bytes": int(max_upload_mb * 1024 * 1024) if max_upload_mb else None}
+    data.update({k: str(v) if isinstance(v, Path) else v for k, v in flags.items() if v is not None})
+    if "model" not in data:
+        fail("give --model (a recognition ONNX file) or a config with serve.model")
+    settings = run_guarded(parse_config, data, str(config or "facenas serve"), ServeSettings)
+    import logging
+
+    import uvicorn
+
+    from facenas.serve.app import create_app
+    from facenas.serve.errors import GalleryError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app_ = create_app(settings)
+        uvicorn.run(app_, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+    except (GalleryError, FacenasError, RuntimeError) as exc:
+        fail(str(exc))
+
+
+@app.command()
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="where the demo writes its runs"),
     fresh: bool = typer.Option(False, help="start over instead of resuming a previous demo run"),

@@ -1,0 +1,1 @@
+"""The face verification service (FastAPI + onnxruntime; no PyTorch needed)."""

@@ -1,0 +1,68 @@
+"""Domain errors of the service, each with its HTTP status and a code clients can branch on.
+
+Messages say what was wrong with the request, never how the server is built: no paths, no tracebacks.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ImageRejected(ServiceError):
+    status = 422
+    code = "invalid_image"
+
+
+class ImageTooLarge(ServiceError):
+    status = 413
+    code = "image_too_large"
+
+
+class NoFaceFound(ServiceError):
+    status = 422
+    code = "no_face_found"
+
+
+class NotFound(ServiceError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    status = 409
+    code = "conflict"
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    status = 403
+    code = "forbidden"
+
+
+class RateLimited(ServiceError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+    code = "payload_too_large"
+
+
+class GalleryError(Exception):
+    """The gallery cannot be used with this model (raised at start, not per request)."""
