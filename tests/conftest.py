@@ -90,12 +90,31 @@ def calibration_pairs():
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory, calibration_pairs):
-    """A model exported with a card (threshold chosen on synthetic pairs)."""
+def trained_face_model(tmp_path_factory):
+    """A small face model really trained on synthetic faces (56x56, stride-1 stem): embeddings that discriminate."""
+    from facenas.config import parse_config
+    from facenas.train.evaluators import face_profile
+    from facenas.train.face_job import train_faces
+
+    folder = tmp_path_factory.mktemp("trained")
+    cfg = parse_config({
+        "name": "service-model", "task": "faces", "seed": 0,
+        "faces": {"data": {"source": "synthetic", "synthetic": {"identities": 40, "images_per_identity": 6, "seed": 5},
+                           "size": 56, "heldout_identities": 10, "heldout_pairs_per_fold": 5},
+                  "train": {"epochs": 5, "batch_size": 32, "lr": 0.1, "margin": {"loss": "arcface", "s": 16.0}}},
+        "model": {"stem_stride": 1, "reductions": 3, "embedding_dim": 32},
+        "run": {"out": str(folder)},
+    })
+    train_faces(Arch(8, 5, [0, 1, 0, 0, 0], [3, 3, 5, 3, 3], face_profile(cfg)), cfg)
+    return folder / "model.pt"
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, trained_face_model, calibration_pairs):
+    """The trained model exported with a card (threshold chosen on synthetic pairs)."""
     from facenas.export.onnx import export_onnx
 
     folder = tmp_path_factory.mktemp("exported")
-    save_face_model(folder / "model.pt")
-    report = export_onnx(folder / "model.pt", folder / "model.onnx", calibration=calibration_pairs,
+    report = export_onnx(trained_face_model, folder / "model.onnx", calibration=calibration_pairs,
                          calibration_name="synthetic calibration pairs")
     return folder / "model.onnx", report

@@ -64,7 +64,23 @@ def test_parse_override():
         parse_override("seed")
 
 
-@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parents[1].glob("configs/**/*.yaml")),
-                         ids=lambda p: p.name)
+CONFIGS = sorted(__import__("pathlib").Path(__file__).parents[1].glob("configs/**/*.yaml"))
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.parent.name != "serve"], ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
     load_config(path)
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.parent.name == "serve"] +
+                         [__import__("pathlib").Path(__file__).parents[1] / "deploy" / "serve.yaml"],
+                         ids=lambda p: p.name)
+def test_shipped_service_settings_are_valid(path, tmp_path):
+    import yaml
+
+    from facenas.config import parse_config
+    from facenas.serve.settings import ServeSettings
+
+    data = yaml.safe_load(path.read_text())["serve"]
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    parse_config({**data, "model": str(tmp_path / "model.onnx")}, str(path), ServeSettings)

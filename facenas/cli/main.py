@@ -441,15 +441,15 @@ def serve(
 
     import uvicorn
 
-    from facenas.serve.app import create_app
+    from facenas.serve.app import create_app, preflight
     from facenas.serve.errors import GalleryError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        app_ = create_app(settings)
-        uvicorn.run(app_, host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+        preflight(settings)
     except (GalleryError, FacenasError, RuntimeError) as exc:
         fail(str(exc))
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False)
 
 
 @app.command()

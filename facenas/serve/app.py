@@ -89,6 +89,13 @@ def _error(exc: ServiceError) -> JSONResponse:
                         headers=headers)
 
 
+def preflight(settings: ServeSettings) -> None:
+    """Open the model and the gallery once before serving, so that a bad model, a missing threshold or another
+    model's gallery stop `facenas serve` with one clear line instead of a failed start-up inside uvicorn."""
+    engine = FaceEngine(settings)
+    Gallery(settings.db, engine.model_id, engine.embedding_size, settings.faiss_min_faces).close()
+
+
 def create_app(settings: ServeSettings) -> FastAPI:
     state: dict[str, Any] = {}
     metrics = _Metrics()

@@ -35,24 +35,25 @@ def decode_upload(data: bytes, settings: ServeSettings, field: str = "image") ->
     if not data:
         raise ImageRejected(f"{field}: empty upload")
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            fmt, (width, height) = probe.format, probe.size
+        img = Image.open(io.BytesIO(data))  # reads the header only
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise ImageRejected(f"{field}: not an image (JPEG, PNG, BMP, WEBP or TIFF expected)") from None
     except Image.DecompressionBombError:
         raise ImageTooLarge(f"{field}: image dimensions are too large") from None
-    if fmt not in FORMATS:
-        raise ImageRejected(f"{field}: unsupported image format {fmt}")
-    if width * height > settings.max_pixels:
-        raise ImageTooLarge(f"{field}: {width}x{height} pixels is more than the limit of {settings.max_pixels}")
-    if min(width, height) < settings.min_side:
-        raise ImageRejected(f"{field}: {width}x{height} is too small (sides of at least {settings.min_side} pixels)")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # raises on truncated data
+    with img:
+        fmt, (width, height) = img.format, img.size
+        if fmt not in FORMATS:
+            raise ImageRejected(f"{field}: unsupported image format {fmt}")
+        if width * height > settings.max_pixels:
+            raise ImageTooLarge(f"{field}: {width}x{height} pixels is more than the limit of {settings.max_pixels}")
+        if min(width, height) < settings.min_side:
+            raise ImageRejected(f"{field}: {width}x{height} is too small (sides of at least {settings.min_side} "
+                                "pixels)")
+        try:
+            img.load()  # decodes now; raises on truncated data
             rgb = np.asarray(img.convert("RGB"))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        raise ImageRejected(f"{field}: the image data is truncated or corrupt") from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            raise ImageRejected(f"{field}: the image data is truncated or corrupt") from None
     return rgb
 
 

@@ -37,6 +37,7 @@ def test_export_meets_the_contract_and_writes_a_card(exported):
     assert v.accuracy_onnx == pytest.approx(v.accuracy_checkpoint, abs=1 / 120)
     card = read_card(path)
     assert card.onnx_sha256 == sha256_file(path) and card.embedding_size == 32 and card.params > 0
+    assert card.trained_size == 56  # exported at the contract's 112 all the same (average pool inside)
     assert card.input["name"] == "data" and card.input["color"] == "RGB" and "127.5" in card.input["normalization"]
     t = card.threshold
     assert t.chosen_on == "synthetic calibration pairs" and t.pairs == 120

@@ -1,14 +1,14 @@
 """Decoding, alignment and resizing of face images (OpenCV, and insightface's ArcFace alignment).
 
-Alignment: where the five landmarks of a face are known, insightface's `face_align.norm_crop` maps them onto
-the ArcFace 112x112 template (the convention every insightface model and benchmark file uses); otherwise a
-centre crop of `crop_fraction` of the shorter side is resized to the target size. Grey images are replicated to
+Alignment: where the five landmarks of a face are known, insightface's ArcFace alignment (`align.py`, identical
+to `face_align.norm_crop`) maps them onto the ArcFace 112x112 template (the convention every insightface model
+and benchmark file uses); otherwise a centre crop of `crop_fraction` of the shorter side is resized to the target
+size. Grey images are replicated to
 three channels, or colour images converted to grey, as the `channels` of the model ask.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -80,14 +80,13 @@ def encode_image(rgb: np.ndarray, fmt: str = ".jpg", quality: int = 95) -> bytes
 
 
 def norm_crop(img: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
-    """insightface's ArcFace alignment; sizes that are not multiples of 112 are aligned at 112 and resized."""
-    from insightface.utils import face_align
+    """ArcFace alignment, identical to insightface's `norm_crop` (see `align.py`); sizes that are not multiples of
+    112 are aligned at 112 and resized."""
+    from facenas.data.faces.align import norm_crop as arcface_crop
 
     lmk = np.asarray(landmarks, dtype=np.float32).reshape(5, 2)
     base = size if size % 112 == 0 else 112
-    with warnings.catch_warnings():  # scikit-image deprecates the estimate() call insightface makes
-        warnings.simplefilter("ignore", FutureWarning)
-        out = face_align.norm_crop(img, lmk, image_size=base)
+    out = arcface_crop(img, lmk, base)
     return out if base == size else cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA)
 
 

@@ -89,3 +89,23 @@ def test_inspect_every_format(tmp_path):
     corrupt.write_bytes(b"GIF89a nonsense")
     report = inspect_path(tmp_path / "folder")
     assert len(report["problems"]) == 1 and corrupt.name in report["problems"][0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [112, 224, 128])
+def test_alignment_is_identical_to_insightfaces_norm_crop(dtype, size):
+    import warnings
+
+    from insightface.utils import face_align
+
+    from facenas.data.faces.align import ARCFACE_TEMPLATE, estimate_norm, norm_crop
+
+    assert np.array_equal(ARCFACE_TEMPLATE, face_align.arcface_dst)
+    for identity in range(8):
+        img, lmk = render(2, identity, identity, mode="photo")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs_m = face_align.estimate_norm(lmk.astype(dtype), size)
+            theirs = face_align.norm_crop(img, lmk.astype(dtype), size)
+        assert np.array_equal(estimate_norm(lmk.astype(dtype), size), theirs_m)
+        assert np.array_equal(norm_crop(img, lmk.astype(dtype), size), theirs)

@@ -1,0 +1,83 @@
+"""The gallery keeps every committed enrolment, none half-written, and refuses another model's embeddings."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from facenas.serve.errors import GalleryError
+from facenas.serve.gallery import Gallery
+
+
+def unit(rng, n, dim=8):
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_identify_ranks_subjects_by_their_best_face(tmp_path):
+    rng = np.random.default_rng(0)
+    g = Gallery(tmp_path / "g.sqlite", "model-a", 8)
+    g.create_subject("alice")
+    g.create_subject("bob")
+    a, b = unit(rng, 3), unit(rng, 2)
+    g.enrol("alice", a)
+    g.enrol("bob", b)
+    matches = g.identify(a[1], 5)
+    assert matches[0].subject == "alice" and matches[0].similarity == pytest.approx(1.0, abs=1e-6)
+    assert [m.subject for m in matches] == ["alice", "bob"]
+    g.close()
+    again = Gallery(tmp_path / "g.sqlite", "model-a", 8)  # rebuilt from SQLite at start
+    assert again.size == 5 and again.identify(b[0], 1)[0].subject == "bob"
+
+
+def test_another_models_gallery_is_refused(tmp_path):
+    g = Gallery(tmp_path / "g.sqlite", "model-a" * 8, 8)
+    g.create_subject("alice")
+    g.enrol("alice", unit(np.random.default_rng(1), 1))
+    g.close()
+    with pytest.raises(GalleryError, match="embeddings made by another model"):
+        Gallery(tmp_path / "g.sqlite", "model-b" * 8, 8)
+
+
+def test_faiss_index_is_used_for_large_galleries_when_installed(tmp_path):
+    pytest.importorskip("faiss", reason="faiss is optional (large galleries)")
+    g = Gallery(tmp_path / "g.sqlite", "m", 8, faiss_min_faces=10)
+    g.create_subject("s")
+    g.enrol("s", unit(np.random.default_rng(2), 12))
+    assert g._faiss is not None and g.identify(g._matrix[3], 1)[0].subject == "s"
+
+
+ENROLLER = """
+import sys, numpy as np
+sys.path.insert(0, {root!r})
+from facenas.serve.gallery import Gallery
+g = Gallery({db!r}, "model-a", 8)
+g.create_subject("s")
+rng = np.random.default_rng(0)
+print("ready", flush=True)
+while True:
+    x = rng.normal(size=(5, 8)).astype(np.float32)
+    g.enrol("s", x / np.linalg.norm(x, axis=1, keepdims=True))
+"""
+
+
+def test_a_kill_during_enrolment_loses_no_committed_enrolment_and_leaves_no_half(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    db = tmp_path / "g.sqlite"
+    proc = subprocess.Popen([sys.executable, "-c", ENROLLER.format(root=root, db=str(db))], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    faces = sqlite3.connect(db).execute("SELECT COUNT(*), COUNT(DISTINCT created_at) FROM faces").fetchone()
+    assert faces[0] > 0 and faces[0] == 5 * faces[1]  # whole enrolments of five, never part of one
+    g = Gallery(db, "model-a", 8)
+    assert g.size == faces[0] and np.allclose(np.linalg.norm(g._matrix, axis=1), 1, atol=1e-5)
