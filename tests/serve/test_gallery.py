@@ -46,12 +46,21 @@ def test_another_models_gallery_is_refused(tmp_path):
         Gallery(tmp_path / "g.sqlite", "model-b" * 8, 8)
 
 
-def test_faiss_index_is_used_for_large_galleries_when_installed(tmp_path):
-    pytest.importorskip("faiss", reason="faiss is optional (large galleries)")
-    g = Gallery(tmp_path / "g.sqlite", "m", 8, faiss_min_faces=10)
-    g.create_subject("s")
-    g.enrol("s", unit(np.random.default_rng(2), 12))
-    assert g._faiss is not None and g.identify(g._matrix[3], 1)[0].subject == "s"
+def test_faiss_index_is_used_for_large_galleries_and_agrees_with_the_matrix(tmp_path):
+    pytest.importorskip("faiss", reason="faiss is optional (pip install facenas[large-gallery])")
+    rng = np.random.default_rng(2)
+    big = Gallery(tmp_path / "big.sqlite", "m", 8, faiss_min_faces=50)
+    small = Gallery(tmp_path / "small.sqlite", "m", 8, faiss_min_faces=10**9)
+    for k in range(20):
+        faces = unit(rng, 4)
+        for g in (big, small):
+            g.create_subject(f"s{k}")
+            g.enrol(f"s{k}", faces)
+    assert big._faiss is not None and small._faiss is None
+    for query in unit(rng, 10):
+        a, b = big.identify(query, 5), small.identify(query, 5)
+        assert [m.subject for m in a] == [m.subject for m in b]
+        assert np.allclose([m.similarity for m in a], [m.similarity for m in b], atol=1e-5)
 
 
 ENROLLER = """
