@@ -130,14 +130,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = make_model(Path(tmp))
         pairs = encoded_pairs()
-        server = Server("--model", str(model), "--db", str(Path(tmp) / "g.sqlite"), "--threshold", "0.5",
-                        "--rate-limit", "0", "--log-level", "warning")
-        try:
-            server.wait_ready()
+        with Server("--model", str(model), "--db", str(Path(tmp) / "g.sqlite"), "--threshold", "0.5",
+                    "--rate-limit", "0", "--log-level", "warning") as server:
             load(server.url, pairs, 2.0, args.clients)  # warm-up
             service = load(server.url, pairs, args.seconds, args.clients)
-        finally:
-            server.stop()
         plain = ceiling(model, pairs, args.seconds)
     ratio = service["requests_per_second"] / plain["pairs_per_second"]
     print(f"service /v1/verify : {service['requests_per_second']:7.1f} req/s  p50 {service['p50_ms']:.1f} ms  "

@@ -24,9 +24,7 @@ def enrol_and_identify(url: str, crops: list[bytes]) -> dict:
 def test_enrol_identify_verify_restart_identify_again(exported, tmp_path, crops):
     model, _ = exported
     db = tmp_path / "gallery.sqlite"
-    server = Server("--model", str(model), "--db", str(db))
-    try:
-        server.wait_ready()
+    with Server("--model", str(model), "--db", str(db)) as server:
         first = enrol_and_identify(server.url, crops)
         assert first["subject"] == "alice" and not first["unknown"] and first["candidates"][0]["similarity"] > 0.999
         v = httpx.post(server.url + "/v1/verify", files={"image1": ("a.png", crops[0]), "image2": ("b.png", crops[0])})
@@ -34,29 +32,19 @@ def test_enrol_identify_verify_restart_identify_again(exported, tmp_path, crops)
         other = httpx.post(server.url + "/v1/identify", files={"image": ("o.png", crops[7])},
                            data={"threshold": "0.999"}).json()
         assert other["unknown"] is True and other["candidates"][0]["subject"] == "alice"
-    finally:
-        server.stop()
-    restarted = Server("--model", str(model), "--db", str(db))
-    try:
-        restarted.wait_ready()
+    with Server("--model", str(model), "--db", str(db)) as restarted:
         again = httpx.post(restarted.url + "/v1/identify", files={"image": ("q.png", crops[1])},
                            data={"top_k": "3"}).json()
         assert again == first  # the gallery survived the restart unchanged
         listing = httpx.get(restarted.url + "/v1/subjects").json()["subjects"]
         assert listing == [{"id": "alice", "name": "alice", "faces": 2}]
-    finally:
-        restarted.stop()
 
 
 def test_a_gallery_of_another_model_stops_the_service_with_a_clear_message(exported, tmp_path, crops):
     model, _ = exported
     db = tmp_path / "gallery.sqlite"
-    server = Server("--model", str(model), "--db", str(db))
-    try:
-        server.wait_ready()
+    with Server("--model", str(model), "--db", str(db)) as server:
         enrol_and_identify(server.url, crops)
-    finally:
-        server.stop()
     import onnx
 
     other = tmp_path / "other.onnx"
@@ -89,29 +77,25 @@ def test_the_web_page_verifies_enrols_and_identifies_in_chromium(exported, tmp_p
     for i in (0, 1, 2, 7):
         files[i] = tmp_path / f"face{i}.png"
         files[i].write_bytes(crops[i])
-    server = Server("--model", str(model), "--db", str(tmp_path / "g.sqlite"))
-    try:
-        server.wait_ready()
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"])
-            page = browser.new_page()
-            page.goto(server.url + "/")
-            page.set_input_files("#verify-image1", str(files[0]))
-            page.set_input_files("#verify-image2", str(files[0]))
-            page.click("#verify-run")
-            page.wait_for_selector("#verify-result .similarity")
-            assert "Same person" in page.text_content("#verify-result")
-            page.fill("#enrol-subject", "alice")
-            page.set_input_files("#enrol-image", str(files[0]))
-            page.click("#enrol-run")
-            page.wait_for_function("document.querySelector('#enrol-result').textContent.includes('Enrolled')")
-            page.set_input_files("#identify-image", str(files[0]))
-            page.click("#identify-run")
-            page.wait_for_selector("#identify-result .similarity")
-            assert page.text_content("#identify-result").startswith("alice")
-            page.screenshot(path=str(Path(tmp_path) / "page.png"))
-            browser.close()
-    finally:
-        server.stop()
+    with Server("--model", str(model), "--db", str(tmp_path / "g.sqlite")) as server, \
+            playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.set_input_files("#verify-image1", str(files[0]))
+        page.set_input_files("#verify-image2", str(files[0]))
+        page.click("#verify-run")
+        page.wait_for_selector("#verify-result .similarity")
+        assert "Same person" in page.text_content("#verify-result")
+        page.fill("#enrol-subject", "alice")
+        page.set_input_files("#enrol-image", str(files[0]))
+        page.click("#enrol-run")
+        page.wait_for_function("document.querySelector('#enrol-result').textContent.includes('Enrolled')")
+        page.set_input_files("#identify-image", str(files[0]))
+        page.click("#identify-run")
+        page.wait_for_selector("#identify-result .similarity")
+        assert page.text_content("#identify-result").startswith("alice")
+        page.screenshot(path=str(Path(tmp_path) / "page.png"))
+        browser.close()

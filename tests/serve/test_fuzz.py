@@ -20,11 +20,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def live_schema(exported, tmp_path_factory):
     model, _ = exported
-    server = Server("--model", str(model), "--db", str(tmp_path_factory.mktemp("fuzz") / "g.sqlite"),
-                    "--rate-limit", "0")
-    server.wait_ready()
-    yield schemathesis.openapi.from_url(server.url + "/openapi.json")
-    server.stop()
+    with Server("--model", str(model), "--db", str(tmp_path_factory.mktemp("fuzz") / "g.sqlite"),
+                "--rate-limit", "0") as server:
+        yield schemathesis.openapi.from_url(server.url + "/openapi.json")
 
 
 def test_no_request_from_the_schema_makes_a_server_error(live_schema):
