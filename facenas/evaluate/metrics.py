@@ -48,7 +48,7 @@ def fold_indices(n: int, folds: Optional[np.ndarray], n_folds: int = 10) -> list
     return [np.arange(bounds[i], bounds[i + 1]) for i in range(n_folds)]
 
 
-def _accuracy_per_threshold(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+def accuracy_per_threshold(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     predicted = dist[None, :] < thresholds[:, None]
     return (predicted == issame[None, :]).mean(axis=1)
 
@@ -153,7 +153,7 @@ def verification_report(dist: np.ndarray, issame: np.ndarray, folds: Optional[np
     measurable = {f: True for f in FAR_TARGETS}
     for test in tests:
         train = np.setdiff1d(all_idx, test, assume_unique=True)
-        acc_train = _accuracy_per_threshold(dist[train], issame[train], THRESHOLDS)
+        acc_train = accuracy_per_threshold(dist[train], issame[train], THRESHOLDS)
         best = THRESHOLDS[int(np.argmax(acc_train))]
         thresholds.append(float(best))
         accuracies.append(float(((dist[test] < best) == issame[test]).mean()))

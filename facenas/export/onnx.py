@@ -29,7 +29,8 @@ from torch import nn
 from facenas import __version__
 from facenas.data.faces.types import PairSet
 from facenas.errors import ExportError
-from facenas.evaluate.metrics import squared_distances
+from facenas.evaluate.metrics import THRESHOLDS, accuracy_per_threshold, l2_normalize, squared_distances
+from facenas.evaluate.verify import MEAN, STD
 from facenas.export.card import INPUT_CONTRACT, ModelCard, Threshold, card_path, sha256_file
 from facenas.space.count import count_macs, count_params
 
@@ -74,13 +75,12 @@ def face_crops(count: int = 7, seed: int = 0) -> np.ndarray:
 
 
 def _normalise(images: np.ndarray) -> np.ndarray:
-    return (images.astype(np.float32) - 127.5) / 127.5
+    """The contract's preprocessing, outside the graph."""
+    return (images.astype(np.float32) - MEAN) / STD
 
 
 def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return float(np.min(np.sum(a * b, axis=1)))
+    return float(np.min(np.sum(l2_normalize(a) * l2_normalize(b), axis=1)))
 
 
 @dataclass
@@ -135,9 +135,8 @@ def verify_onnx(path: Path, wrapper: nn.Module, crops: np.ndarray) -> Verificati
 
 def choose_threshold(dist: np.ndarray, issame: np.ndarray, name: str) -> Threshold:
     """The squared-distance threshold with the best accuracy over all pairs of the calibration set."""
-    grid = np.arange(0, 4, 0.01)
-    accuracy = np.array([((dist < t) == issame).mean() for t in grid])
-    best = float(grid[int(np.argmax(accuracy))])
+    accuracy = accuracy_per_threshold(dist, issame, THRESHOLDS)
+    best = float(THRESHOLDS[int(np.argmax(accuracy))])
     predicted = dist < best
     far = float((predicted & ~issame).sum() / max((~issame).sum(), 1))
     tar = float((predicted & issame).sum() / max(issame.sum(), 1))
@@ -185,6 +184,15 @@ def _accuracy(embed: Any, pairs: PairSet, batch: int = 128) -> tuple[float, np.n
     return report.accuracy, dist, report
 
 
+def _calibrate(card: ModelCard, embedder: Any, calibration: PairSet, name: str) -> float:
+    """Evaluate an exported model on the calibration set, put the threshold and the evaluation on its card."""
+    accuracy, dist, report = _accuracy(embedder, calibration)
+    card.threshold = choose_threshold(dist, calibration.issame, name)
+    card.thresholds_at_far = report.tar_at_far
+    card.evaluation = {name: {k: v for k, v in report.to_dict().items() if k != "roc"}}
+    return accuracy
+
+
 def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, calibration: Optional[PairSet] = None,
                 calibration_name: str = "", quantize: Optional[str] = None) -> ExportReport:
     """Export, verify, choose the threshold, write the card; optionally also an int8 model with its own card."""
@@ -210,13 +218,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, cal
                      trained_channels=profile.in_channels, trained_size=profile.input_size)
     if calibration is not None:
         torch_acc, _, _ = _accuracy(TorchEmbedder(model, profile.input_size, profile.in_channels), calibration)
-        onnx_acc, dist, report = _accuracy(OnnxEmbedder(out), calibration)
+        onnx_acc = _calibrate(card, OnnxEmbedder(out), calibration, calibration_name)
         verification.accuracy_checkpoint, verification.accuracy_onnx = torch_acc, onnx_acc
         if abs(torch_acc - onnx_acc) > 1.0 / len(calibration):
             raise ExportError(f"{out}: verification accuracy changed in export ({torch_acc:.4f} -> {onnx_acc:.4f})")
-        card.threshold = choose_threshold(dist, calibration.issame, calibration_name)
-        card.thresholds_at_far = report.tar_at_far
-        card.evaluation = {calibration_name: {k: v for k, v in report.to_dict().items() if k != "roc"}}
     card_path(out).write_text(card.to_json())
     result = ExportReport(str(out), str(card_path(out)), verification, asdict(card))
     if quantize:
@@ -242,16 +247,10 @@ def quantize_int8(float_path: Path, card: ModelCard, calibration: Optional[PairS
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from facenas.evaluate.verify import OnnxEmbedder
+    from facenas.evaluate.verify import OnnxEmbedder, fit_images
 
     calib_images = calibration.images[:256] if calibration is not None else face_crops(64, seed=1)
-    if calib_images.shape[1] == 1:
-        calib_images = np.repeat(calib_images, 3, axis=1)
-    if calib_images.shape[2] != CONTRACT_SIZE:
-        import cv2
-
-        calib_images = np.stack([cv2.resize(img.transpose(1, 2, 0), (CONTRACT_SIZE, CONTRACT_SIZE)).transpose(2, 0, 1)
-                                 for img in calib_images])
+    calib_images = fit_images(calib_images, CONTRACT_SIZE, 3)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -280,12 +279,9 @@ def quantize_int8(float_path: Path, card: ModelCard, calibration: Optional[PairS
     int8_card = ModelCard(**{**asdict(card), "threshold": None, "onnx_sha256": sha256_file(int8_path),
                              "quantization": "int8 (onnxruntime static QDQ)", "evaluation": {}})
     if calibration is not None:
-        acc_f, _, _ = _accuracy(OnnxEmbedder(float_path), calibration)
-        acc_i, dist, report = _accuracy(OnnxEmbedder(int8_path), calibration)
-        comparison["accuracy"] = {"float32": acc_f, "int8": acc_i, "set": calibration_name}
-        int8_card.threshold = choose_threshold(dist, calibration.issame, calibration_name)
-        int8_card.thresholds_at_far = report.tar_at_far
-        int8_card.evaluation = {calibration_name: {k: v for k, v in report.to_dict().items() if k != "roc"}}
+        float_accuracy = card.evaluation[calibration_name]["accuracy"]  # measured by export_onnx already
+        int8_accuracy = _calibrate(int8_card, OnnxEmbedder(int8_path), calibration, calibration_name)
+        comparison["accuracy"] = {"float32": float_accuracy, "int8": int8_accuracy, "set": calibration_name}
     card_path(int8_path).write_text(int8_card.to_json())
     comparison["int8_card"] = str(card_path(int8_path))
     return comparison

@@ -170,7 +170,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     EngineDep = Annotated[FaceEngine, Depends(engine)]
     GalleryDep = Annotated[Gallery, Depends(gallery)]
 
-    def read_face(upload: UploadFile, landmarks: Optional[str], eng: FaceEngine, field: str) -> Any:
+    def read_face(upload: UploadFile, landmarks: Any, eng: FaceEngine, field: str) -> Any:
         data = upload.file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise PayloadTooLarge(f"{field}: over the limit of {settings.max_upload_bytes} bytes")
@@ -182,7 +182,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise ServiceError("send at least one image in 'files'")
         if len(files) > MAX_FILES:
             raise ServiceError(f"at most {MAX_FILES} images per request")
-        points: list[Optional[str]] = [None] * len(files)
+        points: list[Any] = [None] * len(files)
         if landmarks:
             try:
                 parsed = json.loads(landmarks)
@@ -191,7 +191,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
                                    "file") from None
             if not isinstance(parsed, list) or len(parsed) != len(files):
                 raise ServiceError("landmarks must have one entry per file")
-            points = [None if p is None else json.dumps(p) for p in parsed]
+            points = parsed
         return [read_face(f, p, eng, f"files[{i}]") for i, (f, p) in enumerate(zip(files, points))]
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(guard)])

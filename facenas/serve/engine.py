@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from facenas.data.faces.images import norm_crop
+from facenas.evaluate.metrics import l2_normalize
 from facenas.evaluate.verify import OnnxEmbedder
 from facenas.export.card import ModelCard, read_card, sha256_file
 from facenas.serve.errors import ImageRejected, ImageTooLarge, NoFaceFound
@@ -57,11 +58,12 @@ def decode_upload(data: bytes, settings: ServeSettings, field: str = "image") ->
     return rgb
 
 
-def parse_landmarks(text: Optional[str], field: str) -> Optional[np.ndarray]:
-    if text is None or not text.strip():
+def parse_landmarks(value: Any, field: str) -> Optional[np.ndarray]:
+    """Five [x, y] pairs, as JSON text (a form field) or already decoded (an entry of a per-file list)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
     try:
-        points = np.asarray(json.loads(text), dtype=np.float64)
+        points = np.asarray(json.loads(value) if isinstance(value, str) else value, dtype=np.float64)
     except (ValueError, TypeError):
         raise ImageRejected(f"{field}: landmarks must be JSON, five [x, y] pairs") from None
     if points.shape != (5, 2) or not np.all(np.isfinite(points)):
@@ -162,9 +164,7 @@ class FaceEngine:
 
     def embed_crops(self, crops: np.ndarray) -> np.ndarray:
         """RGB uint8 (N, 112, 112, 3) -> L2-normalised embeddings (N, D)."""
-        raw = self.embedder.embed(np.ascontiguousarray(crops.transpose(0, 3, 1, 2)))
-        norms = np.linalg.norm(raw, axis=1, keepdims=True)
-        return raw / np.maximum(norms, 1e-12)
+        return l2_normalize(self.embedder.embed(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))))
 
     def embed_faces(self, faces: list[Face]) -> np.ndarray:
         return self.embed_crops(np.stack([f.crop for f in faces]))

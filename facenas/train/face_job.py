@@ -19,7 +19,6 @@ from typing import Any, Callable, Optional
 from facenas import __version__
 from facenas.config import Config, VerifySetConfig, to_yaml
 from facenas.data.faces.images import Preprocess
-from facenas.data.faces.pairs import load_pair_images, parse_pairs, read_bin
 from facenas.data.faces.splits import load_face_splits
 from facenas.data.faces.types import PairSet
 from facenas.errors import ConfigError
@@ -42,14 +41,12 @@ def retarget(arch: Arch, config: Config) -> Arch:
 
 
 def load_benchmarks(sets: tuple[VerifySetConfig, ...], prep: Preprocess) -> dict[str, PairSet]:
-    out = {}
-    for s in sets:
-        if s.bin:
-            out[s.name] = read_bin(s.bin, prep)
-        else:
-            pairs = parse_pairs(s.pairs or "", s.lfw_dir or "")
-            out[s.name] = load_pair_images(pairs, prep, s.name)
-    return out
+    """The configured benchmark sets, read as `facenas eval` reads them."""
+    from facenas.evaluate.run import PairSource, load_pair_source
+
+    return {s.name: load_pair_source(PairSource(s.name, Path(s.bin) if s.bin else None,
+                                                Path(s.lfw_dir) if s.lfw_dir else None,
+                                                Path(s.pairs) if s.pairs else None), prep) for s in sets}
 
 
 class _Logger:
