@@ -23,7 +23,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -251,8 +251,3 @@ def read_layout(reader: RecordIOReader, folder: Optional[Path] = None) -> Record
         raise DataError(f"{reader.rec_path.parent}/property says {classes} classes but labels reach {num - 1}")
     return RecordLayout(image_keys, label_arr, classes or num, size)
 
-
-def iter_records(reader: RecordIOReader, keys: np.ndarray) -> Iterator[tuple[int, IRHeader, bytes]]:
-    for key in keys:
-        header, payload = reader.read(int(key))
-        yield int(key), header, payload
