@@ -26,23 +26,30 @@ def _phase_total(candidate: Candidate) -> Optional[int]:
     return None
 
 
-class RichSearchEvents(SearchEvents):
-    """A bar for the phase, a bar for the candidate's epochs, and one summary line per candidate."""
+class _Bars:
+    """Progress bars shown while the `with` block runs."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
         self.progress = _bar(console)
-        self.phase: Optional[str] = None
-        self.phase_task: Any = None
-        self.cand_task: Any = None
-        self.best: dict[str, float] = {}
 
-    def __enter__(self) -> "RichSearchEvents":
+    def __enter__(self) -> Any:
         self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
+
+
+class RichSearchEvents(_Bars, SearchEvents):
+    """A bar for the phase, a bar for the candidate's epochs, and one summary line per candidate."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(console)
+        self.phase: Optional[str] = None
+        self.phase_task: Any = None
+        self.cand_task: Any = None
+        self.best: dict[str, float] = {}
 
     def on_resume(self, completed: int, interrupted: int) -> None:
         self.console.print(f"resuming: {completed} candidates already done"
@@ -112,42 +119,25 @@ def print_search_summary(console: Console, run: SearchRun) -> None:
     console.print(f"  wrote {run.paths.best_arch} and {run.paths.summary}", highlight=False)
 
 
-class RichEpochs:
+class RichEpochs(_Bars):
     """One bar over the epochs of a training run."""
 
     def __init__(self, console: Console, total: int, label: str) -> None:
-        self.console = console
-        self.progress = _bar(console)
-        self.total = total
+        super().__init__(console)
         self.label = label
-        self.task: Any = None
-
-    def __enter__(self) -> "RichEpochs":
-        self.progress.start()
-        self.task = self.progress.add_task(self.label[:70], total=self.total)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        self.task = self.progress.add_task(label[:70], total=total)
 
     def update(self, epoch: EpochMetrics) -> None:
         self.progress.update(self.task, completed=epoch.epoch + 1,
                              description=f"{self.label[:50]} val {epoch.val_acc:.2f}")
 
 
-class RichCounter:
+class RichCounter(_Bars):
     """A bar that follows (label, done, total) updates; total 0 means unknown."""
 
     def __init__(self, console: Console) -> None:
-        self.progress = _bar(console)
+        super().__init__(console)
         self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> "RichCounter":
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
 
     def update(self, label: str, done: int, total: int) -> None:
         if label not in self.tasks:
