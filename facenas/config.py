@@ -132,6 +132,15 @@ class DataConfig(_Section):
             close = difflib.get_close_matches(self.dataset, DATASETS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"data.dataset = {self.dataset!r} is not one of {', '.join(DATASETS)}{hint}")
+        if self.download and self.dataset == "mnist-idx":
+            raise ValueError(
+                "data.download (--download) does nothing for dataset mnist-idx: its idx files are read from data.root "
+                "(--data-root) as they are; put t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz (and the "
+                "train-* pair, if you have it) there, or use dataset mnist (--set data.dataset=mnist), which "
+                "torchvision downloads")
+        if self.download and self.dataset == "digits":
+            raise ValueError("data.download (--download) does nothing for dataset digits: they ship inside "
+                             "scikit-learn")
         return self
 
 
@@ -225,7 +234,6 @@ class FaceTrainConfig(_Section):
     channels_last: Literal["auto", "on", "off"] = "auto"
     device: str = "auto"
     threads: Optional[int] = Field(None, ge=1)
-    workers: int = Field(0, ge=0, description="DataLoader workers for augmentation (0: in this process)")
     eval_batch_size: int = Field(256, ge=1)
     eval_every: int = Field(1, ge=1, description="epochs between verification runs")
     checkpoint_every_steps: int = Field(0, ge=0, description="also checkpoint every N steps (0: each epoch only)")
@@ -296,6 +304,62 @@ class Config(_Section):
     def out_dir(self) -> Path:
         return Path(self.run.out) if self.run.out else Path("runs") / self.name
 
+    @model_validator(mode="after")
+    def _keys_the_task_reads(self) -> "Config":
+        """A key that the chosen task never reads is an error naming the key it does read: a silently ignored
+        `train.device` on a face search would train on the wrong device without a word."""
+        unused = [key for key in _explicit_keys(self) if _task_of_key(key) not in (None, self.task)]
+        if unused:
+            lines = [f"{key} is not read by a {self.task} run (task: {self.task})"
+                     + (f"; set {_key_for(key, self.task)} instead" if _key_for(key, self.task) else "")
+                     for key in unused]
+            raise ValueError("; ".join(lines))
+        return self
+
+
+# Sections and keys that only one task reads; everything else is shared.
+_TASK_ONLY = {"data": "classification", "train": "classification", "final": "classification",
+              "faces": "faces", "model.embedding_dim": "faces", "model.embedding_head": "faces"}
+# Where the other task keeps the same setting.
+_EQUIVALENT = {("data.root", "faces"): "faces.data.source",
+               ("train.", "faces"): "faces.train.", ("faces.train.", "classification"): "train.",
+               ("data.", "faces"): "faces.data.", ("faces.data.", "classification"): "data.",
+               ("final.epochs", "faces"): "faces.train.epochs"}
+
+
+def _explicit_keys(model: BaseModel, prefix: str = "") -> list[str]:
+    """Dotted keys that were given (in a file, a flag or `--set`) rather than defaulted."""
+    keys = []
+    for name in sorted(model.model_fields_set):
+        value = getattr(model, name)
+        if isinstance(value, BaseModel) and value.model_fields_set:
+            keys.extend(_explicit_keys(value, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _task_of_key(key: str) -> Optional[str]:
+    for prefix, task in _TASK_ONLY.items():
+        if key == prefix or key.startswith(prefix + "."):
+            return task
+    return None
+
+
+def _key_for(key: str, task: str) -> Optional[str]:
+    """The key a `task` run reads for the setting `key` names, if it has one."""
+    for (prefix, to_task), replacement in _EQUIVALENT.items():
+        if to_task == task and key.startswith(prefix):
+            candidate = replacement + key[len(prefix):]
+            node: Any = Config
+            for part in candidate.split("."):
+                field = getattr(node, "model_fields", {}).get(part)
+                if field is None:
+                    return None
+                node = field.annotation
+            return candidate
+    return None
+
 
 # -- loading ---------------------------------------------------------------------------------------------------
 
@@ -332,9 +396,11 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     for part in parts[:-1]:
         child = node.get(part)
-        if not isinstance(child, dict):
+        if child is None:
             child = {}
             node[part] = child
+        elif not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted}: {part} is {type(child).__name__} {child!r}, not a mapping of keys")
         node = child
     node[parts[-1]] = value
 
@@ -375,14 +441,23 @@ def parse_config(data: dict[str, Any], source: str = "<config>", model: type[Bas
         raise _explain(exc, source, model) from None
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                model: type[BaseModel] = Config) -> Any:
-    """Read a YAML config (with its `base:` chain), apply dotted-key overrides (the CLI flags), validate."""
-    data: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+def config_data(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A YAML config (with its `base:` chain) with dotted-key overrides applied, not yet validated."""
+    return apply_overrides(_read_yaml(Path(path)) if path is not None else {}, overrides)
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Set dotted keys (`a.b.c`) in a config mapping, in place; None values are left out."""
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, dotted, value)
-    return parse_config(data, str(path) if path is not None else "<defaults>", model)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                model: type[BaseModel] = Config) -> Any:
+    """Read a YAML config (with its `base:` chain), apply dotted-key overrides (the CLI flags), validate."""
+    return parse_config(config_data(path, overrides), str(path) if path is not None else "<defaults>", model)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -398,5 +473,12 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def to_yaml(config: BaseModel) -> str:
-    """The resolved config, written into every run directory."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """The resolved config, written into every run directory: for a run `Config`, only the keys its task reads
+    (so that the file loads back, and shows nothing that had no effect)."""
+    data = config.model_dump(mode="json")
+    if isinstance(config, Config):
+        for key, task in _TASK_ONLY.items():
+            if task != config.task:
+                parent, _, leaf = key.rpartition(".")
+                (data[parent] if parent else data).pop(leaf, None)
+    return yaml.safe_dump(data, sort_keys=False)

@@ -6,9 +6,11 @@
    sizes, so the found body transfers unchanged).
 3. LFW-protocol evaluation on a synthetic LFW: "photographs" of identities that never appear in training or search,
    250x250 with the face anywhere, aligned with their five landmarks, 10 folds in a pairs.txt.
-4. A summary: architecture, parameters, MACs, accuracies, times.
+4. A summary: architecture, parameters, MACs, accuracies, times; and a few aligned 112x112 crops of the held-out
+   identities (`aligned/`), to try the service with (`facenas serve`, README).
 
-Everything is seeded; re-running resumes the search and the training where they stopped (or finds them done).
+Everything is seeded; re-running resumes the search and the training where they stopped. A stage that finished is
+not run again: its outputs and its timing (`stages.json`) stay as they were.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from facenas.config import Config, parse_config, to_yaml
+from facenas.config import Config, parse_config
 from facenas.data.faces.build import write_folder
 from facenas.data.faces.pairs import pairs_txt_rows, sample_pairs, write_pairs
 from facenas.data.faces.synthetic import synthetic_faces
@@ -47,6 +49,8 @@ TRAIN = {
 }
 BENCHMARK_FIRST_IDENTITY = 100_000  # far from the training identities 0..99
 BENCHMARK_IDENTITIES, BENCHMARK_IMAGES, BENCHMARK_PAIRS_PER_FOLD = 40, 6, 30
+ALIGNED_IDENTITIES, ALIGNED_PER_IDENTITY = 3, 2
+STAGES_FILE = "stages.json"
 
 
 def write_synthetic_lfw(root: Path, seed: int = 0) -> tuple[Path, Path, Path]:
@@ -68,6 +72,50 @@ def write_synthetic_lfw(root: Path, seed: int = 0) -> tuple[Path, Path, Path]:
     return lfw, pairs_file, landmarks_file
 
 
+def write_aligned_crops(lfw: Path, landmarks_file: Path, out: Path) -> list[Path]:
+    """A few held-out photos aligned with their landmarks onto the ArcFace template, as the service expects them:
+    `<identity>_<k>.png`, 112x112 RGB."""
+    from facenas.data.faces.images import encode_image, norm_crop, read_image
+    from facenas.data.faces.sources import read_landmarks_file
+
+    table = read_landmarks_file(landmarks_file, lfw)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for folder in sorted(p for p in lfw.iterdir() if p.is_dir())[:ALIGNED_IDENTITIES]:
+        for k, photo in enumerate(sorted(folder.iterdir())[:ALIGNED_PER_IDENTITY]):
+            crop = norm_crop(read_image(photo), table[photo.relative_to(lfw).as_posix()], 112)
+            path = out / f"{folder.name}_{k}.png"
+            path.write_bytes(encode_image(crop, ".png"))
+            paths.append(path)
+    return paths
+
+
+def _remove_outputs(out: Path) -> None:
+    """Start over: remove what an earlier demo wrote there (and nothing else)."""
+    import shutil
+
+    for name in ("search", "train", "benchmark", "aligned"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in (STAGES_FILE, "summary.json", "eval.json", "roc.png"):
+        (out / name).unlink(missing_ok=True)
+
+
+class _Stages:
+    """`stages.json`: each finished stage with its seconds and result, so that a resumed demo skips it."""
+
+    def __init__(self, path: Path, resume: bool) -> None:
+        self.path = path
+        self.done: dict[str, Any] = json.loads(path.read_text()) if resume and path.exists() else {}
+
+    def finish(self, name: str, seconds: float, result: dict[str, Any]) -> dict[str, Any]:
+        self.done[name] = {"seconds": round(seconds, 1), "result": result}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.done, indent=2) + "\n")
+        tmp.replace(self.path)
+        return self.done[name]
+
+
 def run_demo(out: str | Path, *, resume: bool = True, events: Optional[SearchEvents] = None,
              log: Callable[[str], Any] = print) -> dict[str, Any]:
     from facenas.evaluate.run import PairSource, evaluate_model
@@ -75,40 +123,56 @@ def run_demo(out: str | Path, *, resume: bool = True, events: Optional[SearchEve
     from facenas.train.face_job import train_faces
 
     out = Path(out)
-    began = time.perf_counter()
-    search_cfg: Config = parse_config({**SEARCH, "run": {"out": str(out / "search"), "resume": resume}})
+    if not resume:
+        _remove_outputs(out)
+    stages = _Stages(out / STAGES_FILE, resume)
     log("[1/3] face search on synthetic faces (drawn faces, not photographs)")
-    search = search_from_config(search_cfg, events=events)
-    searched = time.perf_counter()
-    log(f"      found {search.result.arch.short()} in {searched - began:.0f} s ({len(search.records)} candidates)")
+    search = stages.done.get("search")
+    if search is None:
+        began = time.perf_counter()
+        search_cfg: Config = parse_config({**SEARCH, "run": {**SEARCH.get("run", {}), "out": str(out / "search"),
+                                                             "resume": resume}})
+        run = search_from_config(search_cfg, events=events)
+        search = stages.finish("search", time.perf_counter() - began, {
+            "arch": run.summary["arch"], "arch_short": run.summary["arch_short"], "candidates": len(run.records),
+            "macro_depth": run.result.macro_depth, "macro_width": run.result.macro_width})
+    log(f"      found {search['result']['arch_short']} in {search['seconds']:.0f} s "
+        f"({search['result']['candidates']} candidates)")
 
     train_cfg: Config = parse_config({**TRAIN, "run": {"out": str(out / "train"), "resume": resume}})
-    (out / "train").mkdir(parents=True, exist_ok=True)
-    (out / "train" / "config.yaml").write_text(to_yaml(train_cfg))
     log(f"[2/3] final training at 112x112 for {train_cfg.faces.train.epochs} epochs")
-    report = train_faces(Arch.from_dict(search.summary["arch"]), train_cfg)
-    trained = time.perf_counter()
+    training = stages.done.get("training")
+    if training is None:
+        began = time.perf_counter()
+        report = train_faces(Arch.from_dict(search["result"]["arch"]), train_cfg)
+        training = stages.finish("training", time.perf_counter() - began, {
+            k: report[k] for k in ("arch_short", "params", "macs", "epochs", "heldout_accuracy", "model")})
+    report = training["result"]
 
     log("[3/3] LFW-protocol evaluation on held-out synthetic identities")
-    lfw, pairs, landmarks = write_synthetic_lfw(out / "benchmark")
-    evaluation = evaluate_model(report["model"], [PairSource("synthetic-lfw", lfw_dir=lfw, pairs=pairs)],
+    evaluation = stages.done.get("evaluation")
+    if evaluation is None:
+        began = time.perf_counter()
+        lfw, pairs, landmarks = write_synthetic_lfw(out / "benchmark")
+        result = evaluate_model(report["model"], [PairSource("synthetic-lfw", lfw_dir=lfw, pairs=pairs)],
                                 landmarks=landmarks, json_out=out / "eval.json", plot=out / "roc.png")
-    lfw_result = evaluation["sets"]["synthetic-lfw"]
-    done = time.perf_counter()
+        crops = write_aligned_crops(lfw, landmarks, out / "aligned")
+        lfw_result = result["sets"]["synthetic-lfw"]
+        evaluation = stages.finish("evaluation", time.perf_counter() - began, {
+            **{k: lfw_result[k] for k in ("pairs", "accuracy", "accuracy_std", "eer", "auc", "tar_at_far")},
+            "aligned_crops": [str(p) for p in crops]})
+    lfw_summary = {k: v for k, v in evaluation["result"].items() if k != "aligned_crops"}
     summary = {
         "note": "synthetic faces (drawn, not photographs): a smoke test of the whole pipeline, not a face benchmark",
         "architecture": report["arch_short"], "params": report["params"], "macs_112": report["macs"],
-        "search": {"candidates": len(search.records), "seconds": round(searched - began, 1),
-                   "macro_depth": search.result.macro_depth, "macro_width": search.result.macro_width},
+        "search": {"candidates": search["result"]["candidates"], "seconds": search["seconds"],
+                   "macro_depth": search["result"]["macro_depth"], "macro_width": search["result"]["macro_width"]},
         "training": {"epochs": report["epochs"], "heldout_accuracy": report["heldout_accuracy"],
-                     "seconds": round(trained - searched, 1)},
-        "lfw_protocol": {"pairs": lfw_result["pairs"], "accuracy": lfw_result["accuracy"],
-                         "accuracy_std": lfw_result["accuracy_std"], "eer": lfw_result["eer"],
-                         "auc": lfw_result["auc"], "tar_at_far": lfw_result["tar_at_far"],
-                         "seconds": round(done - trained, 1)},
-        "total_seconds": round(done - began, 1),
+                     "seconds": training["seconds"]},
+        "lfw_protocol": {**lfw_summary, "seconds": evaluation["seconds"]},
+        "total_seconds": round(search["seconds"] + training["seconds"] + evaluation["seconds"], 1),
         "outputs": {"search": str(out / "search"), "model": report["model"], "eval": str(out / "eval.json"),
-                    "roc": str(out / "roc.png")},
+                    "roc": str(out / "roc.png"), "aligned_crops": str(out / "aligned")},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

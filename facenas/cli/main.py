@@ -19,6 +19,7 @@ from facenas import __version__
 from facenas.errors import FacenasError
 
 app = typer.Typer(name="facenas", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="Global macro-micro NAS for compact face-recognition networks (arXiv 2502.03553).")
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -45,12 +46,18 @@ def setup_logging(verbose: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
 
 
-def load_run_config(config: Optional[Path], sets: Optional[List[str]], flags: dict[str, Any]) -> Any:
-    from facenas.config import load_config, parse_override
+def load_run_config(config: Optional[Path], sets: Optional[List[str]], flags: dict[str, Any],
+                    task_flags: Optional[dict[tuple[str, str], Any]] = None) -> Any:
+    """Config file + `--set` + flags. `task_flags` maps (classification key, faces key) to a flag's value: the
+    flag sets the key that the config's task reads (`--device` is `train.device` or `faces.train.device`)."""
+    from facenas.config import apply_overrides, config_data, parse_config, parse_override
 
     overrides = dict(parse_override(s) for s in (sets or []))
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    return load_config(config, overrides)
+    data = config_data(config, overrides)
+    faces = data.get("task") == "faces"
+    apply_overrides(data, {keys[faces]: value for keys, value in (task_flags or {}).items()})
+    return parse_config(data, str(config) if config is not None else "<defaults>")
 
 
 @app.command()
@@ -69,11 +76,13 @@ def search(
     retry_failed: bool = typer.Option(False, "--retry-failed",
                                       help="run.retry_failed: with --resume, train failed candidates again"),
     seed: Optional[int] = typer.Option(None, help="seed: the run's seed (default from the config, 0)"),
-    device: Optional[str] = typer.Option(None, help="train.device: auto, cpu, cuda, cuda:N"),
+    device: Optional[str] = typer.Option(None, help="train.device (faces.train.device for a face config): auto, "
+                                                    "cpu, cuda, cuda:N"),
     executor: Optional[str] = typer.Option(None, help="run.executor: subprocess (default) or inline"),
     download: Optional[bool] = typer.Option(None, "--download/--no-download",
                                             help="data.download: fetch torchvision datasets if missing"),
-    sets: Optional[List[str]] = typer.Option(None, "--set", help="any config key, e.g. --set search.depth.max=12"),
+    sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE",
+                                             help="any config key, e.g. --set search.depth.max=12"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log more"),
 ) -> None:
     """Run the four-phase search (depth, width, operations, kernels) and write best_arch.json."""
@@ -82,7 +91,7 @@ def search(
         "data.root": str(data_root) if data_root else None, "faces.data.source": face_source,
         "run.out": str(out_dir) if out_dir else None,
         "run.resume": resume or None, "run.retry_failed": retry_failed or None, "seed": seed,
-        "train.device": device, "run.executor": executor, "data.download": download})
+        "run.executor": executor, "data.download": download}, {("train.device", "faces.train.device"): device})
     from facenas.cli.progress import RichSearchEvents, print_search_summary
     from facenas.search.run import search_from_config
 
@@ -136,7 +145,7 @@ def train_final(
     resume: bool = typer.Option(False, "--resume", help="run.resume: continue from the last checkpoint"),
     seed: Optional[int] = typer.Option(None, help="seed"),
     device: Optional[str] = typer.Option(None, help="train.device"),
-    sets: Optional[List[str]] = typer.Option(None, "--set", help="any config key"),
+    sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="any config key"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Train an architecture with the final protocol and report validation and test accuracy."""
@@ -299,7 +308,7 @@ def train(
     epochs: Optional[int] = typer.Option(None, help="faces.train.epochs"),
     seed: Optional[int] = typer.Option(None, help="seed"),
     device: Optional[str] = typer.Option(None, help="faces.train.device"),
-    sets: Optional[List[str]] = typer.Option(None, "--set", help="any config key"),
+    sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="any config key"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Train a face architecture with ArcFace/CosFace; checkpoints, verification, TensorBoard and CSV logs."""
@@ -386,7 +395,9 @@ def export(
     def run() -> Any:
         from facenas.data.faces.images import Preprocess
         from facenas.evaluate.run import PairSource, load_pair_source
+        from facenas.models.checkpoint import check_model_file
 
+        check_model_file(checkpoint)  # before anything about calibration: the real problem first
         if calibration_bin is not None or lfw_dir is not None:
             if lfw_dir is not None and pairs is None:
                 fail("--lfw-dir needs --pairs")
@@ -395,13 +406,15 @@ def export(
             calibration, name = load_pair_source(source, Preprocess()), source.name
         else:
             calibration, name = calibration_from_run(checkpoint)
-        if calibration is None:
-            console.print("[yellow]no calibration set[/]: the card has no threshold; `facenas serve` will need "
-                          "--threshold")
         return export_onnx(checkpoint, out_file, opset=opset, calibration=calibration, calibration_name=name,
                            quantize=quantize)
 
     report = run_guarded(run)
+    if report.card_data.get("threshold") is None:
+        console.print("[yellow]no calibration set[/]: the card has no threshold; `facenas serve` will need "
+                      "--threshold (or export with --calibration-bin, or --lfw-dir with --pairs)")
+    for warning in report.verification.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     out.print_json(json.dumps(report.to_dict()))
 
 
@@ -411,7 +424,7 @@ def serve(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with the settings below as keys"),
     host: Optional[str] = typer.Option(None, help="host: address to bind (default 127.0.0.1)"),
     port: Optional[int] = typer.Option(None, help="port (default 8000)"),
-    db: Optional[Path] = typer.Option(None, help="db: SQLite gallery (default gallery.sqlite)"),
+    db: Optional[Path] = typer.Option(None, help="db: SQLite gallery (default runs/serve/gallery.sqlite)"),
     threshold: Optional[float] = typer.Option(None, help="threshold: cosine; default the model card's"),
     api_keys_file: Optional[Path] = typer.Option(None, help="api_keys_file: one key per line"),
     detector: Optional[str] = typer.Option(None, help="detector: 'haar' or a detector ONNX (e.g. SCRFD)"),
@@ -420,30 +433,22 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Serve embeddings, verification and identification over HTTP (FastAPI + uvicorn)."""
-    import yaml
+    from facenas.config import load_config
+    from facenas.serve.settings import ServeFile
 
-    from facenas.config import parse_config
-    from facenas.serve.settings import ServeSettings
-
-    data: dict[str, Any] = {}
-    if config is not None:
-        if not config.is_file():
-            fail(f"config file {config} does not exist")
-        data = (yaml.safe_load(config.read_text()) or {}).get("serve", {})
+    if config is None and model is None:
+        fail("give --model (a recognition ONNX file) or a config with serve.model")
     flags = {"model": model, "host": host, "port": port, "db": db, "threshold": threshold,
              "api_keys_file": api_keys_file, "detector": detector, "rate_limit_per_minute": rate_limit,
              "max_upload_bytes": int(max_upload_mb * 1024 * 1024) if max_upload_mb else None}
-    data.update({k: str(v) if isinstance(v, Path) else v for k, v in flags.items() if v is not None})
-    if "model" not in data:
-        fail("give --model (a recognition ONNX file) or a config with serve.model")
-    settings = run_guarded(parse_config, data, str(config or "facenas serve"), ServeSettings)
-    import logging
-
+    overrides = {f"serve.{k}": str(v) if isinstance(v, Path) else v for k, v in flags.items() if v is not None}
+    settings = run_guarded(load_config, config, overrides, model=ServeFile).serve
     import uvicorn
 
-    from facenas.serve.app import create_app, preflight
+    from facenas.serve.app import check_port, create_app, preflight
     from facenas.serve.errors import GalleryError
 
+    run_guarded(check_port, settings.host, settings.port)  # before the model loads: a taken port is one line
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         preflight(settings)

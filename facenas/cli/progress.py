@@ -41,6 +41,11 @@ class _Bars:
         self.progress.stop()
 
 
+LEGEND = ("one line per candidate: index, phase, depth D, width C, epoch budget E, parameters, MACs, best "
+          "validation score over its epochs, train accuracy, time; * marks the best score of its phase so far (the "
+          "phase's acceptance rules, not this mark, decide which candidate is kept)")
+
+
 class RichSearchEvents(_Bars, SearchEvents):
     """A bar for the phase, a bar for the candidate's epochs, and one summary line per candidate."""
 
@@ -56,6 +61,8 @@ class RichSearchEvents(_Bars, SearchEvents):
                            + (f", {interrupted} interrupted (restarted from scratch)" if interrupted else ""))
 
     def on_candidate_start(self, index: int, candidate: Candidate, params: int, macs: int) -> None:
+        if self.phase is None:
+            self.console.print(LEGEND, highlight=False)
         if candidate.phase != self.phase:
             if self.phase_task is not None:
                 self.progress.remove_task(self.phase_task)
@@ -114,6 +121,11 @@ def print_search_summary(console: Console, run: SearchRun) -> None:
     console.print(f"  macro depth {r.macro_depth}, width {r.macro_width} (epochs {r.macro_epochs}, score "
                   f"{_pct(r.macro_score)}); micro width {r.micro_width} (score {_pct(r.micro_score)})",
                   highlight=False)
+    if r.micro_width != r.macro_width:
+        console.print(f"  note: the operation and kernel candidates ran at width {r.micro_width} (parameter-matched "
+                      f"to the macro net); the result is reported at the macro width {r.macro_width} with their ops "
+                      "and kernels, as the authors did, so no candidate scored exactly this architecture",
+                      highlight=False)
     console.print(f"  parameters {s['params']:,} ({s['params'] / 1e6:.3f} M), MACs {s['macs']:,}; "
                   f"protocol {s['protocol']}; seed {s['seed']}", highlight=False)
     console.print(f"  wrote {run.paths.best_arch} and {run.paths.summary}", highlight=False)

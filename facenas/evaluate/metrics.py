@@ -37,8 +37,15 @@ def squared_distances(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
 
 
 def fold_indices(n: int, folds: Optional[np.ndarray], n_folds: int = 10) -> list[np.ndarray]:
-    """Test indices of each fold: the given fold ids, or contiguous blocks as `KFold(shuffle=False)`."""
-    if folds is not None and len(folds) == n and np.all(folds >= 0):
+    """Test indices of each fold: the given fold ids, or contiguous blocks as `KFold(shuffle=False)` where there are
+    none (`folds` None or all -1). Fold ids that cover only some pairs, or the wrong number of pairs, are an error:
+    falling back to other folds without a word would report another protocol than the one asked for."""
+    if folds is not None and not np.all(np.asarray(folds) < 0):
+        folds = np.asarray(folds)
+        if len(folds) != n:
+            raise ValueError(f"{len(folds)} fold ids for {n} pairs")
+        if np.any(folds < 0):
+            raise ValueError(f"{int(np.sum(folds < 0))} of {n} pairs have no fold (-1) while the others have one")
         return [np.flatnonzero(folds == f) for f in np.unique(folds)]
     if n < n_folds:
         raise ValueError(f"{n} pairs cannot be split into {n_folds} folds")
@@ -69,13 +76,22 @@ def _rates_below(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 
 def _threshold_for_far(dist: np.ndarray, issame: np.ndarray, target: float) -> float:
-    """insightface's `calculate_val`: the threshold reaching FAR = target on these pairs (linear interpolation)."""
+    """insightface's `calculate_val`: the threshold reaching FAR = target on these pairs (linear interpolation).
+
+    FAR is a step function of the threshold, so its values repeat on the grid; insightface hands them as they are to
+    `interp1d(kind='slinear')`, which in the SciPy it ran on (current SciPy refuses repeated x) joined the points in
+    order: from the LAST threshold of the highest FAR level <= target to the first threshold of the next level, and
+    at a level met exactly, that level's last threshold. Interpolating on the first threshold of each level instead
+    puts the threshold up to a whole gap between two mismatched distances lower (a lower TAR).
+    """
     fars = _rates_below(dist[~issame], VAL_THRESHOLDS)
     if fars.max() < target:
         return 0.0
-    # FAR is non-decreasing in the threshold; interpolate on the unique values as interp1d('slinear') does
-    unique_fars, first = np.unique(fars, return_index=True)
-    return float(np.interp(target, unique_fars, VAL_THRESHOLDS[first]))
+    i = int(np.searchsorted(fars, target, side="right")) - 1  # FAR is non-decreasing: the last threshold <= target
+    if fars[i] == target or i == len(fars) - 1:
+        return float(VAL_THRESHOLDS[i])
+    w = (target - fars[i]) / (fars[i + 1] - fars[i])
+    return float(VAL_THRESHOLDS[i] + w * (VAL_THRESHOLDS[i + 1] - VAL_THRESHOLDS[i]))
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:

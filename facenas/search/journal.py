@@ -158,6 +158,26 @@ class SQLiteJournal:
             (time.time(), wall_s, error, record_id),
         )
 
+    def abandon(self, record_id: int) -> None:
+        """Remove a candidate that never really started (a setup error stopped the search before it trained): a
+        resume then begins it afresh instead of piling up attempts."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM epochs WHERE candidate_id = ?", (record_id,))
+            self._db.execute("DELETE FROM candidates WHERE id = ?", (record_id,))
+
+    def count(self, statuses: tuple[str, ...] = STATUSES) -> int:
+        marks = ",".join("?" * len(statuses))
+        return int(self._db.execute(f"SELECT COUNT(*) FROM candidates WHERE status IN ({marks})",
+                                    statuses).fetchone()[0])
+
+    def reset(self) -> None:
+        """Empty the journal (candidates, epochs and metadata) for a fresh start in the same file."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            for table in ("epochs", "candidates", "meta"):
+                self._db.execute(f"DELETE FROM {table}")
+
     def recover(self) -> int:
         """Mark candidates left `running` by a crash or kill as `interrupted`; returns how many."""
         with self._db:

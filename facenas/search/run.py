@@ -22,7 +22,7 @@ import numpy as np
 
 from facenas import __version__
 from facenas.config import Config, SearchSpec, to_yaml
-from facenas.errors import JournalError, SearchAborted
+from facenas.errors import FacenasError, JournalError, SearchAborted
 from facenas.search.evaluator import EpochMetrics, Evaluator
 from facenas.search.executor import CandidateFailed, Executor
 from facenas.search.journal import CandidateRecord, SQLiteJournal
@@ -94,6 +94,10 @@ def run_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, journal
 
         try:
             metrics = executor.run(evaluator, candidate.arch, candidate.epochs, seed=cseed, on_epoch=on_epoch)
+        except FacenasError:
+            # missing data, a bad config: no candidate can get past it, and this one never trained
+            journal.abandon(record_id)
+            raise
         except CandidateFailed as failure:
             log.warning("candidate %d failed: %s", index, failure.error.splitlines()[0])
             journal.fail(record_id, failure.error, failure.wall_s)
@@ -124,7 +128,7 @@ def fingerprint(config: Config) -> str:
     data.pop("name", None)
     data.pop("run", None)
     data.pop("final", None)
-    for key in ("device", "threads", "eval_batch_size", "workers"):
+    for key in ("device", "threads", "eval_batch_size"):
         data["train"].pop(key, None)
         data["faces"]["train"].pop(key, None)
     data["data"].pop("root", None)
@@ -157,14 +161,19 @@ def open_journal(config: Config, resume: bool, evaluator_info: dict[str, Any]) -
     """Create or reopen the run's journal; returns it with the counts of completed and interrupted candidates."""
     paths = RunPaths(config.out_dir())
     exists = paths.journal.exists()
-    if exists and not resume:
+    paths.root.mkdir(parents=True, exist_ok=True)
+    journal = SQLiteJournal(paths.journal)
+    if exists and not journal.count(("finished", "failed")):
+        # a run that never finished a candidate (stopped by missing data, say) holds nothing worth keeping
+        log.info("%s never finished a candidate; starting it afresh", paths.root)
+        journal.reset()
+    elif exists and not resume:
+        journal.close()
         raise JournalError(
             f"{paths.root} already holds a search; pass --resume to continue it, or choose another --out"
         )
     if resume and not exists:
         log.info("nothing to resume in %s; starting a new search", paths.root)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    journal = SQLiteJournal(paths.journal)
     meta = journal.meta()
     if meta:
         if meta.get("fingerprint") != fingerprint(config):

@@ -8,23 +8,27 @@ leaks nothing. Prometheus metrics count requests, latencies, errors and the gall
 
 # No `from __future__ import annotations` here: FastAPI must see the route annotations (the dependency aliases are
 # local to create_app) as objects, not strings.
+import errno
 import json
 import logging
+import socket
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
+from pathlib import Path
 from typing import Annotated, Any, AsyncIterator, Optional
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facenas import __version__
 from facenas.serve import schemas as S
 from facenas.serve.engine import FaceEngine, decode_upload, parse_landmarks
-from facenas.serve.errors import PayloadTooLarge, ServiceError
+from facenas.serve.errors import GalleryError, NoFaceFound, PayloadTooLarge, ServiceError, StartupError
 from facenas.serve.gallery import Gallery, check_subject_id
 from facenas.serve.security import Guard
 from facenas.serve.settings import ServeSettings
@@ -77,7 +81,7 @@ class BodyLimit:
 
 
 async def _send_error(send: Send, exc: ServiceError) -> None:
-    body = json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode()
+    body = json.dumps(exc.body()).encode()
     await send({"type": "http.response.start", "status": exc.status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
@@ -85,15 +89,75 @@ async def _send_error(send: Send, exc: ServiceError) -> None:
 
 def _error(exc: ServiceError) -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after)} if hasattr(exc, "retry_after") else None
-    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.status,
-                        headers=headers)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+def route_label(app: FastAPI, scope: Scope) -> str:
+    """The template of the route that took the request, for bounded metric labels. FastAPI's own routes (the schema,
+    the docs) are plain Starlette routes that do not record themselves in the scope, so they are matched here as the
+    router would; only a request that no route matches is "unmatched" (never its raw path)."""
+    route = scope.get("route")
+    if route is None:
+        partial = None
+        for candidate in app.router.routes:
+            match, _ = candidate.matches(scope)
+            if match == Match.FULL:
+                route = candidate
+                break
+            if match == Match.PARTIAL and partial is None:
+                partial = candidate  # the path exists with another method: a 405, still a known route
+        route = route or partial
+    return getattr(route, "path", None) or "unmatched"
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind host:port as uvicorn will (every address the host resolves to, SO_REUSEADDR) and let it go again, so that
+    a port in use stops `facenas serve` in one line before the model loads, not with an errno after start-up."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot serve on {host}: the host name does not resolve ({exc.strerror}); give an "
+                           "address such as 127.0.0.1 or 0.0.0.0") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise StartupError(f"port {port} on {host} is already in use (another `facenas serve`?); stop "
+                                       "that process or choose another --port") from None
+                if exc.errno == errno.EACCES:
+                    raise StartupError(f"port {port} on {host} needs privileges this user lacks; choose a port from "
+                                       "1024 on") from None
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise StartupError(f"{host} is not an address of this machine; bind 127.0.0.1, 0.0.0.0 or one "
+                                       "of its addresses") from None
+                raise StartupError(f"cannot bind port {port} on {host}: {exc.strerror}") from None
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def open_gallery(settings: ServeSettings, engine: FaceEngine) -> Gallery:
+    """The gallery, its folder created first: the default (runs/serve/) does not exist in a fresh checkout."""
+    folder = Path(settings.db).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GalleryError(f"cannot create the gallery's folder {folder}: {exc.strerror}") from None
+    return Gallery(settings.db, engine.model_id, engine.embedding_size, settings.faiss_min_faces)
 
 
 def preflight(settings: ServeSettings) -> None:
     """Open the model and the gallery once before serving, so that a bad model, a missing threshold or another
     model's gallery stop `facenas serve` with one clear line instead of a failed start-up inside uvicorn."""
-    engine = FaceEngine(settings)
-    Gallery(settings.db, engine.model_id, engine.embedding_size, settings.faiss_min_faces).close()
+    open_gallery(settings, FaceEngine(settings)).close()
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
@@ -103,7 +167,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = FaceEngine(settings)
-        gallery = Gallery(settings.db, engine.model_id, engine.embedding_size, settings.faiss_min_faces)
+        gallery = open_gallery(settings, engine)
         state.update(engine=engine, gallery=gallery, guard=Guard(settings))
         _gauges()
         log.info("serving %s (threshold %.3f from %s), gallery %s with %d faces", settings.model, engine.threshold,
@@ -133,7 +197,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             response = await call_next(request)
         except ServiceError as exc:  # raised while the body streamed in (BodyLimit)
             response = _error(exc)
-        path = getattr(request.scope.get("route"), "path", "unmatched")  # the route template: bounded labels
+        path = route_label(app, request.scope)
         metrics.requests.labels(path, request.method, str(response.status_code)).inc()
         metrics.latency.labels(path).observe(time.perf_counter() - began)
         return response
@@ -171,26 +235,33 @@ def create_app(settings: ServeSettings) -> FastAPI:
     GalleryDep = Annotated[Gallery, Depends(gallery)]
 
     def read_face(upload: UploadFile, landmarks: Any, eng: FaceEngine, field: str) -> Any:
+        """The face of one upload; every refusal names the upload's field, in the message and as `error.field`."""
         data = upload.file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
-            raise PayloadTooLarge(f"{field}: over the limit of {settings.max_upload_bytes} bytes")
-        rgb = decode_upload(data, settings, field)
-        return eng.face(rgb, parse_landmarks(landmarks, field))
+            raise PayloadTooLarge(f"{field}: over the limit of {settings.max_upload_bytes} bytes", field)
+        try:
+            rgb = decode_upload(data, settings, field)
+            return eng.face(rgb, parse_landmarks(landmarks, field))
+        except NoFaceFound as exc:  # the detector knows nothing of fields
+            raise NoFaceFound(f"{field}: {exc.message}", field) from None
+        except ServiceError as exc:  # decoding and landmark errors already say the field in words
+            exc.field = exc.field or field
+            raise
 
     def many(files: list[UploadFile], eng: FaceEngine, landmarks: Optional[str]) -> list[Any]:
         if not files:
-            raise ServiceError("send at least one image in 'files'")
+            raise ServiceError("send at least one image in 'files'", "files")
         if len(files) > MAX_FILES:
-            raise ServiceError(f"at most {MAX_FILES} images per request")
+            raise ServiceError(f"at most {MAX_FILES} images per request", "files")
         points: list[Any] = [None] * len(files)
         if landmarks:
             try:
                 parsed = json.loads(landmarks)
             except ValueError:
                 raise ServiceError("landmarks must be a JSON list with one entry (five [x, y] pairs or null) per "
-                                   "file") from None
+                                   "file", "landmarks") from None
             if not isinstance(parsed, list) or len(parsed) != len(files):
-                raise ServiceError("landmarks must have one entry per file")
+                raise ServiceError("landmarks must have one entry per file", "landmarks")
             points = parsed
         return [read_face(f, p, eng, f"files[{i}]") for i, (f, p) in enumerate(zip(files, points))]
 

@@ -5,14 +5,28 @@ Messages say what was wrong with the request, never how the server is built: no 
 
 from __future__ import annotations
 
+from typing import Optional
+
+from facenas.errors import FacenasError
+
 
 class ServiceError(Exception):
+    """`field` names the upload or form field at fault, where there is one, so that a client sending several
+    images can tell which one was refused without parsing the message."""
+
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, field: Optional[str] = None) -> None:
         super().__init__(message)
         self.message = message
+        self.field = field
+
+    def body(self) -> dict:
+        detail = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            detail["field"] = self.field
+        return {"error": detail}
 
 
 class ImageRejected(ServiceError):
@@ -66,3 +80,8 @@ class PayloadTooLarge(ServiceError):
 
 class GalleryError(Exception):
     """The gallery cannot be used with this model (raised at start, not per request)."""
+
+
+class StartupError(FacenasError):
+    """The service cannot start here (the port is taken, the address is not this machine's): found before the model
+    loads, so `facenas serve` says it in one line."""

@@ -10,6 +10,8 @@ from pydantic import BaseModel, Field
 class ErrorDetail(BaseModel):
     code: str = Field(..., examples=["no_face_found"])
     message: str
+    field: Optional[str] = Field(None, examples=["image2"], description="the upload or form field at fault, where "
+                                 "there is one: image, image1, image2, files[i] (0-based), landmarks")
 
 
 class ErrorBody(BaseModel):

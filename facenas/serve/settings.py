@@ -6,7 +6,7 @@ Validated at start, so that a bad setting stops the service with one clear line 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -19,7 +19,8 @@ class ServeSettings(BaseModel):
     model: str = Field(..., description="recognition ONNX file (insightface's contract)")
     host: str = Field("127.0.0.1", description="address to bind")
     port: int = Field(8000, ge=1, le=65535)
-    db: str = Field("gallery.sqlite", description="SQLite gallery of subjects and their faces")
+    db: str = Field("runs/serve/gallery.sqlite", description="SQLite gallery of subjects and their faces (its folder "
+                                                           "is created at start)")
     threshold: Optional[float] = Field(None, ge=-1, le=1, description="cosine threshold; default: the model "
                                                                       "card's (required without a card)")
     api_keys_file: Optional[str] = Field(None, description="file with one API key per line (# comments)")
@@ -47,3 +48,22 @@ class ServeSettings(BaseModel):
     @property
     def local_only(self) -> bool:
         return self.host in LOOPBACK
+
+
+class ServeFile(BaseModel):
+    """What `facenas serve --config` reads (through `facenas.config.load_config`, so `base:` files, flags as dotted
+    `serve.*` overrides and unknown-key errors work as for every other config): one top-level `serve:` mapping."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    serve: ServeSettings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _has_model(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or set(data) - {"serve"}:
+            return data  # a misspelt `serve:` is better reported as the unknown key it is
+        section = data.get("serve")
+        if section is None or (isinstance(section, dict) and "model" not in section):
+            raise ValueError("no model: give --model (a recognition ONNX file) or set serve.model in the config")
+        return data

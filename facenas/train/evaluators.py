@@ -107,17 +107,15 @@ class FaceEvaluator:
                 "batch_size": t.batch_size}
 
     def evaluate(self, arch: Arch, epochs: int, *, seed: int, on_epoch: Optional[Any] = None) -> Metrics:
-        import math
-
         from facenas.data.faces.splits import load_face_splits
-        from facenas.train.faces import fit_face, new_run
+        from facenas.train.faces import fit_face, new_run, steps_per_epoch
 
         began = time.perf_counter()
         device = setup_torch(self.config)
         cfg = self.config.faces.train
         splits = load_face_splits(self.config.faces.data, self.config.seed)
         run = new_run(arch, splits.train.num_identities, cfg, epochs=epochs,
-                      steps_per_epoch=math.ceil(len(splits.train) / cfg.batch_size), seed=seed, device=device,
+                      steps_per_epoch=steps_per_epoch(len(splits.train), cfg.batch_size), seed=seed, device=device,
                       preprocess=splits.preprocess.to_dict())
         history = fit_face(run, splits.train, cfg=cfg, augment=self.config.faces.data.augment, epochs=epochs,
                            seed=seed, device=device, pairs=splits.pairs, on_epoch=on_epoch)

@@ -25,7 +25,7 @@ from facenas.errors import ConfigError
 from facenas.space.arch import Arch
 from facenas.space.count import count_macs, count_params
 from facenas.train.evaluators import face_profile, setup_torch
-from facenas.train.faces import FaceRun, fit_face, new_run
+from facenas.train.faces import FaceRun, fit_face, new_run, steps_per_epoch
 from facenas.train.final import FileCheckpoint, atomic_torch_save
 from facenas.train.metrics import EpochMetrics
 
@@ -97,9 +97,9 @@ def train_faces(arch: Arch, config: Config, *, on_epoch: Optional[Callable[[Epoc
                   "align": "arcface-112 (insightface norm_crop) where landmarks are known"}
     identity = {"arch": arch.to_dict(), "seed": config.seed, "epochs": cfg.epochs,
                 "data": config.faces.data.model_dump(mode="json"),
-                "train": cfg.model_dump(mode="json", exclude={"device", "threads", "workers", "eval_batch_size"})}
+                "train": cfg.model_dump(mode="json", exclude={"device", "threads", "eval_batch_size"})}
     checkpoint = FileCheckpoint(out / "checkpoints" / "last.pt", identity, config.run.resume)
-    steps = math.ceil(len(splits.train) / cfg.batch_size)
+    steps = steps_per_epoch(len(splits.train), cfg.batch_size)
     run = new_run(arch, splits.train.num_identities, cfg, epochs=cfg.epochs, steps_per_epoch=steps, seed=config.seed,
                   device=device, preprocess=preprocess)
     state = checkpoint.load()

@@ -137,6 +137,22 @@ def new_run(arch: Arch, num_classes: int, cfg: FaceTrainConfig, *, epochs: int, 
     return FaceRun(arch, model, head, optimizer, scheduler, scaler, preprocess)
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, end) of each batch of an epoch of `n` images; a last batch of one image joins the batch before.
+
+    BatchNorm cannot normalise a batch of one in training mode (the embedding head's BatchNorm1d raises), so a set
+    whose size is 1 modulo the batch size would otherwise fail every candidate. Nothing is dropped.
+    """
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [(start, starts[i + 1] if i + 1 < len(starts) else n) for i, start in enumerate(starts)]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return len(batch_bounds(n, batch_size))
+
+
 def _normalise(x: torch.Tensor) -> torch.Tensor:
     return (x.float() - MEAN) / STD
 
@@ -158,7 +174,7 @@ def fit_face(run: FaceRun, train: FaceSet, *, cfg: FaceTrainConfig, augment: Fac
     channels_last = use_channels_last(run.model, device, cfg.channels_last, precision)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     run.model.to(memory_format=memory_format)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    bounds = batch_bounds(len(train), cfg.batch_size)
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
     labels_all = torch.from_numpy(train.labels)
     for epoch in range(run.epoch, epochs):
@@ -170,8 +186,8 @@ def fit_face(run: FaceRun, train: FaceSet, *, cfg: FaceTrainConfig, augment: Fac
         correct = torch.tensor(int(resumed.get("correct", 0)), dtype=torch.long, device=device)
         loss_sum = torch.tensor(float(resumed.get("loss_sum", 0.0)), dtype=torch.float64, device=device)
         seen = int(resumed.get("seen", 0))
-        for step in range(run.epoch_step, steps_per_epoch):
-            positions = np.arange(step * cfg.batch_size, min((step + 1) * cfg.batch_size, len(train)))
+        for step in range(run.epoch_step, len(bounds)):
+            positions = np.arange(*bounds[step])
             index = order[positions]
             images = augment_batch(transform, train.images[index], seed, epoch, positions)
             x = _normalise(torch.from_numpy(images).to(device)).contiguous(memory_format=memory_format)
@@ -196,7 +212,7 @@ def fit_face(run: FaceRun, train: FaceSet, *, cfg: FaceTrainConfig, augment: Fac
             if on_step is not None:
                 on_step(run, {"loss": float(loss.detach()), "lr": float(run.optimizer.param_groups[0]["lr"])})
             if checkpoint is not None and cfg.checkpoint_every_steps and run.global_step % cfg.checkpoint_every_steps \
-                    == 0 and run.epoch_step < steps_per_epoch:
+                    == 0 and run.epoch_step < len(bounds):
                 run.partial = {"correct": int(correct.item()), "loss_sum": float(loss_sum.item()), "seen": seen}
                 checkpoint.save(run.state_dict())
         extra: dict[str, float] = {}

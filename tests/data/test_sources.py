@@ -11,7 +11,7 @@ from facenas.config import DataConfig
 from facenas.data.arrays import ImageSet, make_splits, stratified_split
 from facenas.data.sources import load_digits, load_mnist_idx, load_splits, load_torchvision, read_idx
 from facenas.errors import DataError
-from tests.conftest import shared_path
+from tests.conftest import MNIST_SAMPLE
 
 
 def write_idx(path, array: np.ndarray, gz: bool = False) -> None:
@@ -57,11 +57,12 @@ def test_missing_labels_and_empty_folders(tmp_path):
         load_mnist_idx(tmp_path)
 
 
-def test_shared_mnist_test_set():
-    folder = shared_path("mnist")
-    pool, test = load_mnist_idx(folder)
-    assert test is None and pool.images.shape == (10000, 1, 28, 28)
-    assert np.bincount(pool.labels).min() > 800
+def test_real_mnist_idx_files():
+    pool, test = load_mnist_idx(MNIST_SAMPLE)
+    assert test is None and pool.images.shape == (1000, 1, 28, 28)
+    assert np.bincount(pool.labels).tolist() == [85, 126, 116, 107, 110, 87, 87, 99, 89, 94]
+    assert pool.labels[:5].tolist() == [7, 2, 1, 0, 4]  # MNIST's famous first test digits
+    assert 30 < pool.images.mean() < 37  # MNIST's mean pixel is 33.3 (0.1307 x 255)
 
 
 def test_digits_are_embedded():

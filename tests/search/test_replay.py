@@ -15,7 +15,6 @@ from facenas.search.replay import load_log, replay
 from tests.conftest import REPLAY_LOGS
 from tests.search.authors_log import render
 
-pytestmark = pytest.mark.skipif(not REPLAY_LOGS, reason="../shared/data/egnas-replay is absent")
 runner = CliRunner()
 FINAL_KEYS = ("macro_depth", "macro_width", "macro_epochs", "micro_width", "ops", "kernels")
 

@@ -131,3 +131,24 @@ def test_a_run_of_failures_stops_the_search_and_retry_failed_resumes_it():
     assert [r.status for r in records].count("discarded") == 3
     kept_errors = [r.error for r in records if r.status == "failed"]
     assert kept_errors and not any("No space left" in e for e in kept_errors)  # only the candidates' own failures
+
+
+def test_a_search_stopped_by_missing_data_can_simply_be_started_again(tiny_face_config_data, tmp_path):
+    """Issue 7: candidate 0 stayed "running", the same command was refused, and each --resume added a row."""
+    from facenas.config import parse_config
+    from facenas.errors import DataError
+    from facenas.search.run import search_from_config
+
+    out = tmp_path / "run"
+    missing = {**tiny_face_config_data, "run": {"executor": "inline", "out": str(out)},
+               "faces": {**tiny_face_config_data["faces"],
+                         "data": {**tiny_face_config_data["faces"]["data"], "source": str(tmp_path / "nowhere")}}}
+    for resume in (False, False, True, True):
+        missing["run"]["resume"] = resume
+        with pytest.raises(DataError, match="nowhere"):
+            search_from_config(parse_config(missing))
+        with SQLiteJournal(out / "journal.sqlite") as journal:
+            assert journal.records() == []  # no candidate was trained, none is recorded
+    fixed = parse_config({**tiny_face_config_data, "run": {"executor": "inline", "out": str(out)}})
+    run = search_from_config(fixed)  # another source: the fingerprint differs, but nothing was kept to protect
+    assert run.records[0].index == 0 and [r.status for r in run.records] == ["finished"] * len(run.records)

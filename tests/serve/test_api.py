@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
+import logging
 import struct
 import zlib
 
 import numpy as np
 import pytest
 
-from tests.conftest import shared_path
+from tests.conftest import ORL_SAMPLE
 from tests.serve.conftest import jpeg, png
 
 
@@ -50,10 +50,30 @@ def test_no_face_is_a_clear_422(client, crops):
     assert r.status_code == 422 and r.json()["error"]["code"] == "no_face_found"
 
 
+def test_upload_errors_name_the_upload_field(client, crops):
+    """A client sending two or more images must learn which one had no face (or was bad), in words and a field."""
+    flat = png(np.full((200, 200, 3), 128, np.uint8))
+    client.post("/v1/subjects", json={"id": "nf"})
+    for path, files, field in [
+        ("/v1/verify", {"image1": ("a.png", crops[0]), "image2": ("f.png", flat)}, "image2"),
+        ("/v1/verify", {"image1": ("f.png", flat), "image2": ("a.png", crops[0])}, "image1"),
+        ("/v1/embed", [("files", ("a.png", crops[0])), ("files", ("f.png", flat))], "files[1]"),
+        ("/v1/identify", {"image": ("f.png", flat)}, "image"),
+        ("/v1/subjects/nf/faces", [("files", ("f.png", flat))], "files[0]"),
+    ]:
+        r = client.post(path, files=files)
+        error = r.json()["error"]
+        assert r.status_code == 422 and error["code"] == "no_face_found", (path, error)
+        assert error["field"] == field and error["message"].startswith(f"{field}: "), (path, error)
+    r = client.post("/v1/verify", files={"image1": ("a.png", crops[0]), "image2": ("x.png", b"not an image")})
+    assert r.json()["error"]["code"] == "invalid_image" and r.json()["error"]["field"] == "image2"
+    assert client.get("/openapi.json").json()["components"]["schemas"]["ErrorDetail"]["properties"]["field"]
+
+
 def test_haar_detection_on_a_real_face_returns_the_box(client, crops):
     import cv2
 
-    orl = cv2.imread(str(shared_path("att_faces", "s1", "1.pgm")), cv2.IMREAD_GRAYSCALE)
+    orl = cv2.imread(str(ORL_SAMPLE / "s1" / "1.png"), cv2.IMREAD_GRAYSCALE)
     canvas = np.full((300, 300), 90, np.uint8)
     canvas[60:60 + orl.shape[0] * 2, 80:80 + orl.shape[1] * 2] = cv2.resize(orl, (orl.shape[1] * 2, orl.shape[0] * 2))
     r = client.post("/v1/verify", files={"image1": ("p.jpg", jpeg(np.repeat(canvas[:, :, None], 3, 2))),
@@ -158,7 +178,26 @@ def test_health_metrics_schema_and_page(client, crops):
     assert info["embedding_size"] == 32 and info["card"]["threshold"]["chosen_on"] == "synthetic calibration pairs"
 
 
-def test_unexpected_errors_leak_nothing(client, monkeypatch, crops):
+def test_metrics_label_every_route_by_its_template(client):
+    """FastAPI's own routes (schema, docs) are real routes; only requests no route matches are "unmatched"."""
+    for path in ("/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert client.get(path).status_code == 200, path
+    assert client.get("/no/such/page-7f3a").status_code == 404
+    assert client.delete("/v1/subjects/ghost").status_code == 404  # a real route's 404 keeps its template
+    text = client.get("/metrics").text
+    for route in ("/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert f'facenas_requests_total{{method="GET",route="{route}",status="200"}} 1.0' in text, route
+    assert 'facenas_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text
+    assert 'facenas_requests_total{method="DELETE",route="/v1/subjects/{subject_id}",status="404"} 1.0' in text
+    assert "page-7f3a" not in text and "ghost" not in text  # no raw paths: the labels stay bounded
+    unmatched = [line for line in text.splitlines() if line.startswith("facenas_requests_total{")
+                 and 'route="unmatched"' in line]
+    assert unmatched and all('status="404"' in line for line in unmatched)
+
+
+def test_unexpected_errors_leak_nothing(client, monkeypatch, crops, caplog):
+    """The client gets a bare 500 (no message, path or traceback in body or headers); the operator's log gets the
+    cause."""
     from facenas.serve import engine
 
     def boom(*a, **k):
@@ -167,9 +206,13 @@ def test_unexpected_errors_leak_nothing(client, monkeypatch, crops):
     monkeypatch.setattr(engine.FaceEngine, "embed_faces", boom)
     from fastapi.testclient import TestClient  # a client that turns server errors into responses
     raw = TestClient(client.app, raise_server_exceptions=False, client=("127.0.0.1", 1))
-    r = raw.post("/v1/verify", files={"image1": ("a.png", crops[0]), "image2": ("b.png", crops[1])})
+    with caplog.at_level(logging.ERROR, logger="facenas.serve"):
+        r = raw.post("/v1/verify", files={"image1": ("a.png", crops[0]), "image2": ("b.png", crops[1])})
     assert r.status_code == 500 and r.json() == {"error": {"code": "internal", "message": "internal error"}}
-    assert io is not None
+    assert not any("secret" in f"{k}: {v}" or "srv" in v for k, v in r.headers.items())
+    logged = [rec for rec in caplog.records if rec.name == "facenas.serve" and rec.exc_info]
+    assert logged and "secret internal path" in str(logged[0].exc_info[1])
+    assert "/v1/verify" in logged[0].getMessage()
 
 
 def test_the_service_runs_without_pytorch(exported, tmp_path):

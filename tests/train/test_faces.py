@@ -11,6 +11,8 @@ import torch
 from facenas.config import parse_config
 from facenas.data.faces.splits import load_face_splits
 from facenas.errors import NonFiniteLossError
+from facenas.evaluate.verify import TorchEmbedder, evaluate_pairs
+from facenas.models import build_model
 from facenas.space.arch import Arch
 from facenas.train.evaluators import FaceEvaluator, face_profile
 from facenas.train.face_job import retarget, train_faces
@@ -25,13 +27,45 @@ def test_splits_keep_heldout_identities_out_of_training(tiny_face_config_data):
     assert splits.train.images.shape[1:] == (3, 32, 32) and len(splits.pairs) > 0
 
 
-def test_face_evaluator_scores_verification_on_heldout_identities(tiny_face_config_data):
+def test_face_evaluator_scores_verification_on_heldout_identities(tiny_face_config_data, monkeypatch):
+    """Each epoch's score is the held-out verification accuracy of that epoch's weights, re-measured here from a copy
+    of them; the candidate's score is the best of those; and training lowers the loss.
+
+    A random network already tells these synthetic faces apart at 55-70 % and 3 epochs of this tiny run move the
+    held-out accuracy by about as much as the seed does, so a bound on the accuracy itself would prove nothing.
+    """
+    import facenas.train.faces as faces
+
     cfg = parse_config(tiny_face_config_data)
-    metrics = FaceEvaluator(cfg).evaluate(Arch.uniform(8, 4, face_profile(cfg)), 3, seed=1)
-    assert len(metrics.epochs) == 3 and all(0 <= e.val_acc <= 100 for e in metrics.epochs)
-    assert metrics.best_val == max(e.val_acc for e in metrics.epochs)
+    weights: list[dict[str, torch.Tensor]] = []
+    fit = faces.fit_face
+
+    def fit_keeping_weights(run, *args, on_epoch=None, **kwargs):
+        def keep(metrics):  # called once the epoch has been scored, before the next one trains
+            weights.append({k: v.detach().clone() for k, v in run.model.state_dict().items()})
+            if on_epoch is not None:
+                on_epoch(metrics)
+        return fit(run, *args, on_epoch=keep, **kwargs)
+
+    monkeypatch.setattr(faces, "fit_face", fit_keeping_weights)
+    arch = Arch.uniform(8, 4, face_profile(cfg))
+    metrics = FaceEvaluator(cfg).evaluate(arch, 3, seed=2)  # seed 2: the last epoch need not be the best
+    assert len(metrics.epochs) == len(weights) == 3
+
+    splits = load_face_splits(cfg.faces.data, cfg.seed)  # its pairs are of held-out identities (test above)
+    remeasured = []
+    for state in weights:
+        model = build_model(arch)
+        model.load_state_dict(state)
+        embedder = TorchEmbedder(model, 32, 3)
+        report, _ = evaluate_pairs(embedder, splits.pairs, batch_size=cfg.faces.train.eval_batch_size)
+        remeasured.append(100.0 * report.accuracy)
+    # the same computation on the same weights in the same process: equal but for float formatting
+    assert [e.val_acc for e in metrics.epochs] == pytest.approx(remeasured, abs=1e-9)
+    assert metrics.score == pytest.approx(max(remeasured), abs=1e-9)
     assert metrics.epochs[-1].extra["xnorm"] > 0
-    assert metrics.best_val > 55.0  # chance is 50 %
+    losses = [e.train_loss for e in metrics.epochs]
+    assert losses[-1] < 0.9 * losses[0]  # measured: 0.57-0.78 of the first epoch's loss over seeds 0-5
 
 
 def _fresh(cfg, epochs):
@@ -140,15 +174,19 @@ def test_grey_networks_take_one_channel(tiny_face_config_data):
 
 
 def test_a_candidate_trains_on_the_real_orl_faces(tiny_face_config_data):
-    from tests.conftest import shared_path
+    from tests.conftest import ORL_SAMPLE
 
-    folder = shared_path("att_faces")
     data = dict(tiny_face_config_data)
-    data["faces"] = {**data["faces"], "data": {"source": str(folder), "channels": 1, "size": 32,
-                                               "heldout_identities": 10, "heldout_pairs_per_fold": 10}}
+    data["faces"] = {"data": {"source": str(ORL_SAMPLE), "channels": 1, "size": 32, "heldout_identities": 4,
+                              "heldout_pairs_per_fold": 10},
+                     "train": {**data["faces"]["train"], "batch_size": 8}}
     cfg = parse_config(data)
     splits = load_face_splits(cfg.faces.data, cfg.seed)
-    assert splits.train.num_identities == 30 and splits.heldout.num_identities == 10
-    assert len(splits.train) == 300 and len(splits.pairs) == 200
-    metrics = FaceEvaluator(cfg).evaluate(Arch.uniform(8, 4, face_profile(cfg)), 2, seed=0)
-    assert 50.0 <= metrics.best_val <= 100.0
+    assert splits.train.num_identities == 8 and splits.heldout.num_identities == 4
+    assert len(splits.train) == 80 and len(splits.pairs) == 200
+    metrics = FaceEvaluator(cfg).evaluate(Arch.uniform(8, 4, face_profile(cfg)), 3, seed=0)
+    # measured over seeds 0-5, with 2 threads and with 1: best held-out accuracy 78-94 % (chance 50 %), loss down to
+    # 0.33-0.58 of the first epoch's, last training accuracy 54-79 % (8 identities: chance 12.5 %)
+    assert metrics.best_val >= 70.0
+    first, last = metrics.epochs[0], metrics.epochs[-1]
+    assert last.train_loss < 0.75 * first.train_loss and last.train_acc > 35.0

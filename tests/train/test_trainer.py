@@ -11,6 +11,7 @@ from facenas.config import Config, TrainConfig
 from facenas.errors import NonFiniteLossError
 from facenas.space.arch import Arch
 from facenas.train.evaluators import ClassificationEvaluator, profile_for_config
+from facenas.train.metrics import EpochMetrics, Metrics
 from facenas.train.optim import CosineSchedule, make_optimizer
 
 
@@ -63,11 +64,24 @@ def test_training_learns_and_is_deterministic():
     arch = Arch.uniform(8, 4, profile_for_config(cfg))
     a = ev.evaluate(arch, 4, seed=11)
     b = ev.evaluate(arch, 4, seed=11)
+    # measured over seeds 11-18: best validation accuracy 66-81 %, 41-70 points above the first epoch's; the last
+    # epoch's loss 0.48-0.64 of the first's
     assert a.best_val > 50.0  # ten classes: chance is 10 %
-    assert [e.val_acc for e in a.epochs] == [e.val_acc for e in b.epochs]
-    assert a.best_val == max(e.val_acc for e in a.epochs)  # the score is the best epoch, not the last
+    assert a.best_val > a.epochs[0].val_acc + 20.0
+    assert a.epochs[-1].train_loss < 0.8 * a.epochs[0].train_loss
+    assert [e.val_acc for e in a.epochs] == [e.val_acc for e in b.epochs]  # same process, same threads: same run
     c = ev.evaluate(arch, 4, seed=12)
     assert [e.train_loss for e in a.epochs] != [e.train_loss for e in c.epochs]
+
+
+def test_the_score_is_the_best_scored_epoch_not_the_last():
+    def run(*val_accs: float) -> Metrics:
+        return Metrics(tuple(EpochMetrics(epoch=i, train_acc=10.0 * i, val_acc=v) for i, v in enumerate(val_accs)))
+
+    assert run(60.0, 80.0, 70.0).score == 80.0  # not the last (70) nor the mean
+    assert run(math.nan, 55.0, math.nan, 65.0, 62.0).best_val == 65.0  # epochs not evaluated (eval_every) are skipped
+    assert math.isnan(run(math.nan, math.nan).score)
+    assert run(60.0, 80.0, 70.0).best_train == 20.0
 
 
 def test_a_nan_loss_raises_a_clear_error():

@@ -1,8 +1,9 @@
 """Identity-labelled face sources: image folders, insightface RecordIO, in-memory sets.
 
 A source lists its items (labels, identity names, where each item lives) without decoding anything;
-`materialize` decodes and prepares the items it is asked for into an in-memory `FaceSet` (the proxy and the demo
-train from memory), and `FaceStream` serves items one at a time to a DataLoader for full-size training.
+`materialize` decodes and prepares the items it is asked for into an in-memory `FaceSet`: the search's proxy and
+`facenas train` both train from memory today, so a training set must fit in RAM (a streaming loader for sets that do
+not is not built yet).
 Unreadable items get an error naming the file or record; with `skip_bad` they are left out and reported instead.
 """
 
