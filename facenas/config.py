@@ -11,8 +11,10 @@ pydantic does the type checking and coercion; the wrapper below only turns its e
 from __future__ import annotations
 
 import difflib
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -89,6 +91,10 @@ class MicroConfig(_Section):
     kernels: tuple[int, ...] = Field((5,), description="kernel sizes tried against the default 3")
     ops: bool = Field(True, description="run the operation pass")
     kernel_pass: bool = Field(True, description="run the kernel pass")
+    macro_fraction: Optional[float] = Field(
+        None, gt=0, le=4, description="micro budget as a share of the macro budget: every micro candidate trains "
+                                      "max(epochs, ceil(macro_fraction x macro epochs)) epochs, so that it can learn "
+                                      "at all (faces); None: `epochs`, as the authors")
 
     @model_validator(mode="after")
     def _kernels(self) -> "MicroConfig":
@@ -98,17 +104,75 @@ class MicroConfig(_Section):
         return self
 
 
+class NoiseConfig(_Section):
+    """Acceptance rules in units of a score's measured noise (the face search), instead of the authors' points.
+
+    `std` is the standard deviation of one architecture's score over training seeds at the proxy budget
+    (bench/face_score_noise.py measures it). A difference of two independent scores then has a standard error of
+    std x sqrt(2), and each rule is z of those: a deeper net must gain `depth_gain_z` of them, a drop of more than
+    `depth_drop_z` counts as a failure, a narrower net may be `width_tolerance_z` worse, and a micro change must
+    gain `micro_gain_z`. Without `std` the point-valued keys apply, exactly as the authors' code (classification).
+    """
+
+    std: Optional[float] = Field(None, gt=0, description="measured std of one candidate's score over seeds")
+    depth_gain_z: float = Field(2.0, ge=0)
+    depth_drop_z: float = Field(1.0, ge=0)
+    width_tolerance_z: float = Field(1.0, ge=0)
+    micro_gain_z: float = Field(1.0, ge=0)
+
+
 class SearchSpec(_Section):
     """Everything the strategy needs to decide; nothing about how candidates are trained."""
 
     depth: DepthConfig = DepthConfig()
     width: WidthConfig = WidthConfig()
     micro: MicroConfig = MicroConfig()
+    noise: NoiseConfig = NoiseConfig()
     target_accuracy: float = Field(100.0, description="the depth phase stops once the incumbent reaches "
                                                       "target_accuracy - target_tolerance")
     target_tolerance: float = Field(0.1, ge=0)
     score_dtype: Literal["float32", "float64"] = Field(
         "float32", description="arithmetic of score comparisons; the authors compared float32 tensors")
+
+    @model_validator(mode="after")
+    def _one_kind_of_rule(self) -> "SearchSpec":
+        if self.noise.std is not None:
+            # a point rule changed from its default next to a measured noise would be silently ignored; a default
+            # (as a resolved config.yaml or a journal's copy holds every key) is harmless
+            points = [f"search.{section}.{key}" for section, keys in (("depth", ("accept_gain", "drop_tolerance")),
+                                                                       ("width", ("tolerance",)))
+                      for key in keys
+                      if getattr(getattr(self, section), key) != type(getattr(self, section)).model_fields[key].default]
+            if points:
+                raise ValueError(f"{', '.join(points)} and search.noise.std both set: with a measured noise the "
+                                 "rules are the search.noise.*_z keys; remove one or the other")
+        return self
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The thresholds the strategy compares with, in score points (see `NoiseConfig`)."""
+
+    depth_gain: float
+    depth_drop: float
+    width_tolerance: float
+    micro_gain: float
+
+
+def decision_rules(spec: SearchSpec) -> Rules:
+    """The authors' point rules, or z standard errors of a difference of two scores where the noise is known."""
+    n = spec.noise
+    if n.std is None:
+        return Rules(spec.depth.accept_gain, spec.depth.drop_tolerance, spec.width.tolerance, 0.0)
+    se = n.std * math.sqrt(2.0)
+    return Rules(n.depth_gain_z * se, n.depth_drop_z * se, n.width_tolerance_z * se, n.micro_gain_z * se)
+
+
+def micro_epochs(micro: MicroConfig, macro_epochs: int) -> int:
+    """Every micro candidate's budget: `epochs`, or a share of the macro budget where `macro_fraction` is set."""
+    if micro.macro_fraction is None:
+        return micro.epochs
+    return max(micro.epochs, math.ceil(micro.macro_fraction * macro_epochs))
 
 
 class DataConfig(_Section):
@@ -149,7 +213,37 @@ class ModelConfig(_Section):
     reductions: int = Field(2, ge=0, le=5)
     embedding_dim: int = Field(512, ge=1, description="faces: size of the embedding")
     embedding_head: Literal["gdc", "pool"] = Field(
-        "gdc", description="faces: global depthwise conv (MobileFaceNet) or global average pooling before the Linear")
+        "gdc", description="faces: global depthwise conv (MobileFaceNet) or global average pooling before the Linear "
+                           "(the searched chain and timm backbones; mobilefacenet and iresnet keep their own heads)")
+    #: Hand-designed baselines (facenas.models.backbones builds them; this module stays torch-free).
+    BACKBONES: ClassVar[tuple[str, ...]] = ("mobilefacenet", "iresnet18", "iresnet50")
+    backbone: Optional[str] = Field(
+        None, description="faces: None trains the searched architecture given by --arch; else a hand-designed "
+                          "baseline: mobilefacenet, iresnet18, iresnet50 (insightface arcface_torch) or timm:<name>")
+    backbone_width: float = Field(1.0, gt=0, description="faces: width multiplier of the backbone's channels")
+    backbone_params: Optional[int] = Field(
+        None, ge=1, description="faces: choose the backbone's width whose parameter count is closest to this")
+
+    @model_validator(mode="after")
+    def _backbone(self) -> "ModelConfig":
+        name = self.backbone
+        if name is not None:
+            if name.startswith("timm:"):
+                if not name[len("timm:"):].strip():
+                    raise ValueError("model.backbone 'timm:' names no model; write timm:<name>, e.g. timm:resnet18")
+            elif name not in self.BACKBONES:
+                raise ValueError(f"model.backbone {name!r} is unknown; valid: {', '.join(self.BACKBONES)} or "
+                                 "timm:<name> (any timm model)")
+        if self.backbone_width != 1.0 and self.backbone_params is not None:
+            raise ValueError(f"model.backbone_width ({self.backbone_width}) and model.backbone_params "
+                             f"({self.backbone_params}) both set: the width is chosen from the parameter count; "
+                             "remove one")
+        if (self.backbone_width != 1.0 or self.backbone_params is not None) and name is None:
+            raise ValueError("model.backbone_width and model.backbone_params need model.backbone")
+        if name is not None and name.startswith("timm:") and (self.backbone_width != 1.0 or self.backbone_params):
+            raise ValueError(f"model.backbone_width / model.backbone_params apply to {', '.join(self.BACKBONES)}; "
+                             f"for {name} choose the timm variant of the size you need")
+        return self
 
 
 # -- faces --------------------------------------------------------------------------------------------------------
@@ -182,6 +276,8 @@ class FaceDataConfig(_Section):
                                                           "verification pairs come from them")
     heldout_pairs_per_fold: int = Field(30, ge=1)
     pair_folds: int = Field(10, ge=2)
+    test_identities: int = Field(0, ge=0, description="identities neither the search nor training ever sees: the "
+                                                      "people of the final comparison (0: none kept apart)")
     train_identities: Optional[int] = Field(None, ge=2, description="proxy subset of the training identities")
     max_images_per_identity: Optional[int] = Field(None, ge=1)
     min_images_per_identity: int = Field(2, ge=1)
@@ -239,8 +335,34 @@ class FaceTrainConfig(_Section):
     checkpoint_every_steps: int = Field(0, ge=0, description="also checkpoint every N steps (0: each epoch only)")
 
 
+class FaceScoreConfig(_Section):
+    """How a face candidate is scored on the held-out people (bench/face_score_noise.py measures the choices).
+
+    Defaults are the first facenas design (10-fold accuracy on balanced pairs, best epoch); the face configs set
+    what measured less noisy, with the reason in their comments.
+    """
+
+    metric: Literal["accuracy", "auc", "tar", "dprime"] = Field(
+        "accuracy", description="accuracy: 10-fold verification accuracy (%); auc: ROC AUC (%); tar: TAR at "
+                                "far (%); dprime: separation of genuine and impostor similarities, (mean_g - mean_i) "
+                                "/ sqrt((var_g + var_i) / 2), x 10")
+    far: float = Field(0.01, gt=0, lt=1, description="the FAR of metric tar")
+    pairs: Literal["balanced", "all"] = Field(
+        "balanced", description="balanced: heldout_pairs_per_fold matched and mismatched pairs per fold; all: every "
+                                "genuine pair of the held-out people and impostor_ratio times as many impostor pairs")
+    impostor_ratio: float = Field(1.0, gt=0)
+    reduce: Literal["max", "last", "mean_last"] = Field(
+        "max", description="max: the best epoch (the paper's proxy, but a maximum over noisy epochs on the same "
+                           "pairs is biased upwards); last: the final epoch; mean_last: mean of the last `last_k`")
+    last_k: int = Field(2, ge=1)
+    common_random_numbers: bool = Field(
+        False, description="train every candidate with the run's seed (same initialisation stream, data order and "
+                           "augmentation) instead of its own, so that comparisons cancel the noise they share")
+
+
 class FacesConfig(_Section):
     data: FaceDataConfig = FaceDataConfig()
+    score: FaceScoreConfig = FaceScoreConfig()
     train: FaceTrainConfig = FaceTrainConfig()
     verify: tuple[VerifySetConfig, ...] = ()
 
@@ -319,7 +441,8 @@ class Config(_Section):
 
 # Sections and keys that only one task reads; everything else is shared.
 _TASK_ONLY = {"data": "classification", "train": "classification", "final": "classification",
-              "faces": "faces", "model.embedding_dim": "faces", "model.embedding_head": "faces"}
+              "faces": "faces", "model.embedding_dim": "faces", "model.embedding_head": "faces",
+              "model.backbone": "faces", "model.backbone_width": "faces", "model.backbone_params": "faces"}
 # Where the other task keeps the same setting.
 _EQUIVALENT = {("data.root", "faces"): "faces.data.source",
                ("train.", "faces"): "faces.train.", ("faces.train.", "classification"): "train.",
@@ -472,13 +595,18 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def to_yaml(config: BaseModel) -> str:
-    """The resolved config, written into every run directory: for a run `Config`, only the keys its task reads
-    (so that the file loads back, and shows nothing that had no effect)."""
+def resolved_dict(config: BaseModel) -> dict[str, Any]:
+    """Every key of a config with its value; for a run `Config`, only the keys its task reads, so that the copy
+    (config.yaml, the journal's) loads back and shows nothing that had no effect."""
     data = config.model_dump(mode="json")
     if isinstance(config, Config):
         for key, task in _TASK_ONLY.items():
             if task != config.task:
                 parent, _, leaf = key.rpartition(".")
                 (data[parent] if parent else data).pop(leaf, None)
-    return yaml.safe_dump(data, sort_keys=False)
+    return data
+
+
+def to_yaml(config: BaseModel) -> str:
+    """The resolved config, written into every run directory."""
+    return yaml.safe_dump(resolved_dict(config), sort_keys=False)

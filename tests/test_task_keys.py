@@ -53,3 +53,9 @@ def test_download_where_nothing_downloads_is_an_error_saying_what_to_do(dataset,
     with pytest.raises(ConfigError, match=message):
         parse_config({"data": {"dataset": dataset, "download": True}})
     assert parse_config({"data": {"dataset": dataset, "download": False}}).data.download is False
+
+
+def test_a_search_refuses_a_backbone(tmp_path):
+    result = CliRunner().invoke(app, ["search", "-c", str(ROOT / "configs/search/faces-orl.yaml"), "--out",
+                                      str(tmp_path / "r"), "--set", "model.backbone=mobilefacenet"])
+    assert result.exit_code == 2 and "facenas train --backbone" in result.output

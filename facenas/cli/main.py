@@ -169,7 +169,11 @@ def train_final(
                                                       "best_val_acc", "test_acc", "report")}))
 
 
-@app.command("arch")
+arch_app = typer.Typer(no_args_is_help=True, help="Architectures: show one, or draw random ones at a parameter budget.")
+app.add_typer(arch_app, name="arch")
+
+
+@arch_app.command("show")
 def arch_info(
     path: Path = typer.Argument(..., help="architecture JSON"),
     input_size: Optional[int] = typer.Option(None, help="image side for MACs (default: the profile's)"),
@@ -197,6 +201,62 @@ def arch_info(
                       str(spec.c_out))
     out.print(table)
     out.print(f"parameters {info['params']:,} ({info['params'] / 1e6:.6f} M), MACs {info['macs']:,}")
+
+
+@arch_app.command("random")
+def arch_random(
+    params: int = typer.Option(..., "--params", min=1, help="target parameter count, e.g. 466312"),
+    seed: int = typer.Option(..., "--seed", min=0, help="the same seed draws the same architectures"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="the search's YAML config: its profile, "
+                                          "search.depth range and search.micro kernels (default: the face "
+                                          "defaults, task: faces)"),
+    count: int = typer.Option(1, "--count", min=1, help="distinct architectures to draw"),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="a directory (random_<seed>_<k>.json each) or, with "
+                                            "--count 1, a .json file (default: print one JSON line each)"),
+    tolerance: float = typer.Option(0.03, "--tolerance", min=0.0, help="relative distance to --params allowed"),
+) -> None:
+    """Draw random architectures of the search space at a parameter count: the baseline for a search's result."""
+    from rich.table import Table
+
+    from facenas.config import load_config
+    from facenas.space.arch import OP_CONV
+    from facenas.space.count import count_macs, count_params
+    from facenas.space.sample import sample_archs, space_from_config
+    from facenas.train.evaluators import task_profile
+
+    if out_path is not None and out_path.suffix == ".json" and count != 1:
+        fail(f"--out {out_path} is one file; give a directory to write --count {count} architectures")
+    if out_path is not None and out_path.suffix != ".json" and out_path.exists() and not out_path.is_dir():
+        fail(f"--out {out_path} is a file; give a directory or a .json file")
+    cfg = run_guarded(load_config, config, None if config is not None else {"task": "faces"})
+    space = run_guarded(lambda: space_from_config(cfg, task_profile(cfg)))
+    archs = run_guarded(sample_archs, space, params, seed, count=count, tolerance=tolerance)
+
+    source = f"{config} ({cfg.task})" if config is not None else "the face defaults (no -c)"
+    console.print(f"space of {source}: {space.describe()}; target {params:,} parameters within "
+                  f"{tolerance:.1%}, seed {seed}", highlight=False)
+    table = Table()
+    for col in ("#", "depth", "width", "params", "vs target", "MACs", "conv", "k>3"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for k, a in enumerate(archs):
+        n = count_params(a)
+        table.add_row(str(k), str(a.depth), str(a.width), f"{n:,}", f"{(n - params) / params:+.2%}",
+                      f"{count_macs(a):,}", str(sum(o == OP_CONV for o in a.ops)), str(sum(s > 3 for s in a.kernels)))
+    console.print(table)
+
+    if out_path is None:
+        for a in archs:
+            out.print(a.to_json(), markup=False, highlight=False, emoji=False)
+        return
+    if out_path.suffix == ".json":
+        paths = [out_path]
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        out_path.mkdir(parents=True, exist_ok=True)
+        paths = [out_path / f"random_{seed}_{k}.json" for k in range(len(archs))]
+    for path, a in zip(paths, archs):
+        path.write_text(a.to_json(indent=2) + "\n")
+        out.print(str(path), markup=False, highlight=False)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Face datasets: inspect, build RecordIO and .bin files.")
@@ -300,8 +360,14 @@ def data_build_bin(
 
 @app.command()
 def train(
-    arch: Path = typer.Option(..., "--arch", help="architecture JSON from a face search"),
+    arch: Optional[Path] = typer.Option(None, "--arch", help="architecture JSON from a face search (or --backbone)"),
     config: Path = typer.Option(..., "--config", "-c", help="face config, e.g. configs/train/faces-synthetic.yaml"),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="model.backbone: a hand-designed baseline instead"
+                                           " of --arch: mobilefacenet, iresnet18, iresnet50 or timm:<name>"),
+    backbone_width: Optional[float] = typer.Option(None, "--backbone-width",
+                                                   help="model.backbone_width: channel width multiplier"),
+    backbone_params: Optional[int] = typer.Option(None, "--backbone-params", help="model.backbone_params: choose "
+                                                  "the width whose parameter count is closest to this"),
     face_source: Optional[str] = typer.Option(None, help="faces.data.source: face image folder or RecordIO"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run.out: run directory"),
     resume: bool = typer.Option(False, "--resume", help="run.resume: continue from checkpoints/last.pt"),
@@ -311,19 +377,30 @@ def train(
     sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="any config key"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Train a face architecture with ArcFace/CosFace; checkpoints, verification, TensorBoard and CSV logs."""
+    """Train a face architecture (or a hand-designed backbone) with ArcFace/CosFace; checkpoints, verification,
+    TensorBoard and CSV logs."""
     setup_logging(verbose)
     cfg = run_guarded(load_run_config, config, sets, {
         "run.out": str(out_dir) if out_dir else None, "run.resume": resume or None, "faces.data.source": face_source,
-        "faces.train.epochs": epochs, "seed": seed, "faces.train.device": device})
+        "faces.train.epochs": epochs, "seed": seed, "faces.train.device": device, "model.backbone": backbone,
+        "model.backbone_width": backbone_width, "model.backbone_params": backbone_params})
     from facenas.cli.progress import RichEpochs
     from facenas.space.arch import Arch
     from facenas.train.face_job import train_faces
 
-    if not arch.is_file():
-        fail(f"architecture file {arch} does not exist")
-    architecture = run_guarded(lambda: Arch.from_json(arch.read_text()))
-    with RichEpochs(console, cfg.faces.train.epochs, f"train {architecture.short()}") as bar:
+    name = cfg.model.backbone if cfg.task == "faces" else None
+    if arch is not None and name is not None:
+        fail(f"--arch and a backbone (model.backbone: {name}) both given; train one of them")
+    if arch is None and name is None:
+        fail("nothing to train: give --arch FILE (an architecture from a face search) or --backbone NAME "
+             "(mobilefacenet, iresnet18, iresnet50 or timm:<name>)")
+    architecture = None
+    if arch is not None:
+        if not arch.is_file():
+            fail(f"architecture file {arch} does not exist")
+        architecture = run_guarded(lambda: Arch.from_json(arch.read_text()))
+    label = architecture.short() if architecture is not None else name
+    with RichEpochs(console, cfg.faces.train.epochs, f"train {label}") as bar:
         report = run_guarded(train_faces, architecture, cfg, on_epoch=bar.update)
     out.print_json(json.dumps({k: report[k] for k in ("arch_short", "params", "macs", "epochs", "heldout_accuracy",
                                                       "best_heldout_accuracy", "xnorm", "benchmarks", "model")}))
@@ -469,6 +546,110 @@ def demo(
     with RichSearchEvents(console) as events:
         summary = run_guarded(run_demo, out_dir, resume=not fresh, events=events, log=out.print)
     out.print_json(json.dumps(summary))
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="a search's run directory (journal.sqlite, config.yaml, summary.json)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="where to write (default: the run directory)"),
+) -> None:
+    """Report a search: trajectory.png (scores, decisions, noise band) and report.md (candidates, decisions)."""
+    from facenas.search.report import write_report
+
+    png, md = run_guarded(write_report, run_dir, out_dir)
+    out.print(str(png), markup=False, highlight=False)
+    out.print(str(md), markup=False, highlight=False)
+
+
+@app.command()
+def fidelity(
+    config: Path = typer.Option(..., "--config", "-c", help="the search's YAML config"),
+    archs: int = typer.Option(..., "--archs", min=2, help="architectures to train"),
+    seed: int = typer.Option(0, "--seed", min=0, help="draws the architectures and their training seeds"),
+    proxy_epochs: Optional[int] = typer.Option(None, "--proxy-epochs", min=1,
+                                               help="proxy budget (default: search.depth.start_epochs)"),
+    factor: int = typer.Option(4, "--factor", min=2, help="the long budget is factor x the proxy budget"),
+    params: Optional[int] = typer.Option(None, "--params", min=1, help="draw every architecture at this parameter "
+                                         "count (default: spread over the sizes the search visits)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="where fidelity.json and fidelity.png go (default "
+                                           "runs/<name>-fidelity); a second call with the same settings resumes"),
+    face_source: Optional[str] = typer.Option(None, help="faces.data.source"),
+    data_root: Optional[Path] = typer.Option(None, help="data.root (classification)"),
+    sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="any config key"),
+) -> None:
+    """Check the proxy: rank correlation of scores at the search's budget and at factor x it, over N architectures."""
+    cfg = run_guarded(load_run_config, config, sets, {
+        "faces.data.source": face_source, "data.root": str(data_root) if data_root else None})
+    from facenas.search.fidelity import fidelity_from_config
+
+    folder = out_dir or Path("runs") / f"{cfg.name}-fidelity"
+
+    def progress(index: int, budget: str, run: dict[str, Any]) -> None:
+        score = "failed" if run["score"] is None else f"{run['score']:.3f}"
+        console.print(f"arch {index} {budget} ({run['epochs']} epochs): {score} ({run['wall_s']:.0f} s)",
+                      highlight=False)
+
+    try:
+        data, json_path, png = run_guarded(fidelity_from_config, cfg, folder, archs=archs, seed=seed,
+                                           proxy_epochs=proxy_epochs, factor=factor, params=params, on_run=progress)
+    except typer.Exit as stop:
+        if stop.exit_code == 130:  # run_guarded's hint names --resume; here the same command resumes
+            console.print(f"the finished runs are in {folder}; run the same command to continue", highlight=False)
+        raise
+    s = data["settings"]
+    out.print(f"{len(data['archs'])} architectures, {s['proxy_epochs']} against {s['long_epochs']} epochs:",
+              highlight=False)
+    for key, c in data["correlations"].items():
+        tau, rho = c["kendall_tau"], c["spearman_rho"]
+        out.print(f"  {key:22s} Kendall tau {'n/a' if tau is None else f'{tau:+.3f}'}, Spearman rho "
+                  f"{'n/a' if rho is None else f'{rho:+.3f}'} ({c['n']} architectures)", highlight=False)
+    out.print(str(json_path), markup=False, highlight=False)
+    out.print(str(png), markup=False, highlight=False)
+
+
+@app.command()
+def noise(
+    config: Path = typer.Option(..., "--config", "-c", help="the search's YAML config"),
+    face_source: Optional[str] = typer.Option(None, help="faces.data.source"),
+    data_root: Optional[Path] = typer.Option(None, help="data.root (classification)"),
+    seeds: int = typer.Option(5, min=2, help="seeds per architecture"),
+    epochs: Optional[int] = typer.Option(None, min=1, help="budget (default: the depth phase's first, "
+                                                           "search.depth.start_epochs)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
+    sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="any config key"),
+) -> None:
+    """Measure the noise of the search's score (std over seeds) for search.noise.std."""
+    cfg = run_guarded(load_run_config, config, sets, {
+        "faces.data.source": face_source, "data.root": str(data_root) if data_root else None})
+    from facenas.search.evaluator import make_task
+    from facenas.search.noise import measure_noise, spread_architectures
+
+    evaluator, profile = make_task(cfg)
+    s = cfg.search
+    archs = spread_architectures(s.depth.min, s.depth.max, s.width.min, s.width.max, profile)
+    budget = epochs or s.depth.start_epochs
+
+    def progress(arch: Any, seed: int, metrics: Any) -> None:
+        console.print(f"{arch.short()} seed {seed}: score {metrics.score:.3f} ({metrics.wall_s:.0f} s)",
+                      highlight=False)
+
+    report = run_guarded(measure_noise, evaluator, archs, list(range(seeds)), budget, on_run=progress)
+    out.print(f"score of this config at {budget} epochs, over {seeds} seeds:", highlight=False)
+    for arch in report.score.mean:
+        out.print(f"  {arch}: {report.score.mean[arch]:.3f} +- {report.score.std[arch]:.3f} (std)", highlight=False)
+    sn = report.score.signal_to_noise
+    out.print(f"  pooled std {report.score.pooled_std:.3f}; std of the architecture means "
+              f"{report.score.arch_mean_std:.3f} (signal / noise {sn if sn is None else round(sn, 2)})",
+              highlight=False)
+    out.print(f"  -> search.noise.std: {report.score.pooled_std:.3f}", highlight=False)
+    if report.measures:
+        out.print("other measures of the held-out people (pooled std, signal / noise):", highlight=False)
+        for key, value in sorted(report.measures.items(), key=lambda kv: -(kv[1].signal_to_noise or 0)):
+            out.print(f"  {key:22s} {value.pooled_std:7.3f} {value.signal_to_noise or 0:6.2f}", highlight=False)
+    if json_out is not None:
+        json_out.write_text(json.dumps({"config": str(config), "epochs": budget, "seeds": seeds,
+                                        **report.to_dict()}, indent=1) + "\n")
+        out.print(f"wrote {json_out}", highlight=False)
 
 
 def main() -> None:

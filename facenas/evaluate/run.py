@@ -43,15 +43,14 @@ def open_model(path: str | Path, device: str = "cpu") -> tuple[Embedder, dict[st
         onnx_model = OnnxEmbedder(path)
         return onnx_model, {"kind": "onnx", "path": str(path), "input_size": onnx_model.size,
                             "channels": onnx_model.channels, "normalisation": [onnx_model.mean, onnx_model.std]}
-    from facenas.models.checkpoint import load_face_model
+    from facenas.models.checkpoint import describe_face_model, load_face_model
 
-    model, arch, preprocess = load_face_model(path, device)
-    from facenas.space.count import count_macs, count_params
-
-    size, channels = arch.profile.input_size, arch.profile.in_channels
+    model, network, preprocess = load_face_model(path, device)
+    info = describe_face_model(model, network)
+    size, channels = info.input_size, info.in_channels
     return TorchEmbedder(model, size, channels, device), {
-        "kind": "facenas", "path": str(path), "arch": arch.short(), "params": count_params(arch),
-        "macs": count_macs(arch), "input_size": size, "channels": channels, "preprocess": preprocess}
+        "kind": "facenas", "path": str(path), "arch": info.short, "params": info.params,
+        "macs": info.macs, "input_size": size, "channels": channels, "preprocess": preprocess}
 
 
 def load_pair_source(source: PairSource, prep: Preprocess, landmarks: Optional[Path] = None,

@@ -43,7 +43,6 @@ from facenas.errors import ExportError
 from facenas.evaluate.metrics import THRESHOLDS, accuracy_per_threshold, l2_normalize, squared_distances
 from facenas.evaluate.verify import MEAN, STD
 from facenas.export.card import INPUT_CONTRACT, ModelCard, Threshold, card_path, sha256_file
-from facenas.space.count import count_macs, count_params
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +258,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, cal
                 calibration_name: str = "", quantize: Optional[str] = None) -> ExportReport:
     """Export, verify, choose the threshold, write the card; optionally also an int8 model with its own card."""
     from facenas.evaluate.verify import OnnxEmbedder, TorchEmbedder
-    from facenas.models.checkpoint import load_face_model
+    from facenas.models.checkpoint import describe_face_model, load_face_model
 
     if opset < 11:
         raise ExportError(f"opset {opset} is too old; insightface's contract needs 11 or newer")
@@ -267,17 +266,17 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, cal
     if out.suffix != ".onnx":
         raise ExportError(f"{out}: the output must end in .onnx")
     out.parent.mkdir(parents=True, exist_ok=True)
-    model, arch, _ = load_face_model(checkpoint)
-    if arch.profile.head != "embedding":
+    model, network, _ = load_face_model(checkpoint)
+    info = describe_face_model(model, network)  # a searched architecture or a hand-designed backbone
+    if info.head != "embedding":
         raise ExportError(f"{checkpoint}: a classifier cannot be exported as a face embedding model")
-    profile = arch.profile
-    wrapper = ContractWrapper(model, profile.in_channels, profile.input_size).eval()
+    wrapper = ContractWrapper(model, info.in_channels, info.input_size).eval()
     _export_graph(wrapper, out, opset)
     verification = verify_onnx(out, wrapper, face_crops())
-    card = ModelCard(arch=arch.to_dict(), arch_short=arch.short(), params=count_params(arch),
-                     macs=count_macs(arch), embedding_size=profile.embedding_dim, onnx_sha256=sha256_file(out),
-                     facenas_version=__version__, source_checkpoint=str(checkpoint),
-                     trained_channels=profile.in_channels, trained_size=profile.input_size)
+    card = ModelCard(arch=info.description, arch_short=info.short, params=info.params, macs=info.macs,
+                     embedding_size=info.embedding_dim, onnx_sha256=sha256_file(out), facenas_version=__version__,
+                     source_checkpoint=str(checkpoint), trained_channels=info.in_channels,
+                     trained_size=info.input_size)
     if calibration is not None:
         onnx_side = measure(OnnxEmbedder(out), calibration)
         # the contract's input on both sides: the wrapper in PyTorch, not the bare model at its trained size

@@ -39,7 +39,11 @@ class Evaluator(Protocol):
 
 def make_task(config: Any) -> tuple[Evaluator, Any]:
     """(evaluator, search-space profile) for a run config: the one door from `search` into `train`."""
+    from facenas.errors import ConfigError
     from facenas.train.evaluators import ClassificationEvaluator, FaceEvaluator, task_profile
 
+    if getattr(config.model, "backbone", None):
+        raise ConfigError(f"model.backbone = {config.model.backbone!r}: a search searches facenas's chain of layers; "
+                          "a hand-designed backbone is trained with `facenas train --backbone` (remove the key here)")
     evaluator = FaceEvaluator(config) if config.task == "faces" else ClassificationEvaluator(config)
     return evaluator, task_profile(config)

@@ -147,7 +147,7 @@ class SQLiteJournal:
         self._write(
             "UPDATE candidates SET status = 'finished', finished_at = ?, wall_s = ?, score = ?, train_score = ?, "
             "metrics = ? WHERE id = ? AND status = 'running'",
-            (time.time(), metrics.wall_s, metrics.best_val, metrics.best_train, json.dumps(metrics.to_dict()),
+            (time.time(), metrics.wall_s, metrics.score, metrics.best_train, json.dumps(metrics.to_dict()),
              record_id),
         )
 

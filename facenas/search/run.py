@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 
 from facenas import __version__
-from facenas.config import Config, SearchSpec, to_yaml
+from facenas.config import Config, SearchSpec, resolved_dict, to_yaml
 from facenas.errors import FacenasError, JournalError, SearchAborted
 from facenas.search.evaluator import EpochMetrics, Evaluator
 from facenas.search.executor import CandidateFailed, Executor
@@ -106,7 +106,7 @@ def run_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, journal
             last_error = failure.error.splitlines()[0]
         else:
             journal.finish(record_id, metrics)
-            outcome = Outcome(metrics.best_val, metrics.best_train)
+            outcome = Outcome(metrics.score, metrics.best_train)
             failures_in_a_row = 0
         history.append((candidate, outcome))
         events.on_candidate_end(index, journal.record(record_id))
@@ -185,7 +185,7 @@ def open_journal(config: Config, resume: bool, evaluator_info: dict[str, Any]) -
     else:
         journal.set_meta({
             "fingerprint": fingerprint(config), "seed": config.seed, "name": config.name,
-            "config": config.model_dump(mode="json"), "facenas_version": __version__,
+            "config": resolved_dict(config), "facenas_version": __version__,
             "created_at": time.time(), "python": platform.python_version(), "evaluator": evaluator_info,
         })
         paths.config.write_text(to_yaml(config))

@@ -28,7 +28,7 @@ from typing import Generator, Sequence, Union
 
 import numpy as np
 
-from facenas.config import SearchSpec
+from facenas.config import SearchSpec, decision_rules, micro_epochs
 from facenas.space.arch import OP_CONV, Arch, Profile
 from facenas.space.count import params_m
 
@@ -151,6 +151,7 @@ def search(spec: SearchSpec, profile: Profile) -> Generator[Candidate, Outcome, 
     """The whole search as a coroutine: yields candidates, receives outcomes, returns the result."""
     s = _Scores(spec.score_dtype)
     d, w, m = spec.depth, spec.width, spec.micro
+    rules = decision_rules(spec)
 
     # -- 1. depth ---------------------------------------------------------------------------------------------
     depth = d.first
@@ -166,9 +167,9 @@ def search(spec: SearchSpec, profile: Profile) -> Generator[Candidate, Outcome, 
         depth = min(depth + d.step, d.max)
         out = yield Candidate("depth", Arch.uniform(w.first, depth, profile), epochs)
         val = s.of(out)
-        if not out.failed and val >= best_val + s(d.accept_gain):
+        if not out.failed and val >= best_val + s(rules.depth_gain):
             best_depth, best_val, best_train, fails = depth, val, s.train_of(out), 0
-        elif not out.failed and val >= best_val - s(d.drop_tolerance):
+        elif not out.failed and val >= best_val - s(rules.depth_drop):
             continue
         elif fails != d.break_count:
             fails += 1
@@ -184,7 +185,7 @@ def search(spec: SearchSpec, profile: Profile) -> Generator[Candidate, Outcome, 
         epochs += w.epoch_step
         out = yield Candidate("width", Arch.uniform(width, best_depth, profile), epochs)
         val = s.of(out)
-        if not out.failed and val >= best_val - s(w.tolerance):
+        if not out.failed and val >= best_val - s(rules.width_tolerance):
             best_val, best_train = val, s.train_of(out)
             macro_width, macro_epochs, fails = width, epochs, 0
         elif fails != w.break_count:
@@ -192,6 +193,7 @@ def search(spec: SearchSpec, profile: Profile) -> Generator[Candidate, Outcome, 
         else:
             break
     macro_score = best_val
+    m_epochs = micro_epochs(m, macro_epochs)
 
     # -- 3. operations ----------------------------------------------------------------------------------------
     macro = Arch.uniform(macro_width, best_depth, profile)
@@ -200,21 +202,21 @@ def search(spec: SearchSpec, profile: Profile) -> Generator[Candidate, Outcome, 
     current_val = best_val
     if m.ops:
         budget = params_m(macro)
-        out = yield Candidate("ops", macro, m.epochs)
+        out = yield Candidate("ops", macro, m_epochs)
         current_val = s.of(out)
         for layer in range(best_depth):
             trial = _match_params(current.with_width(macro_width).with_op(layer, OP_CONV), budget, m.param_slack_m)
             if trial is None:
                 continue
-            out = yield Candidate("ops", trial, m.epochs)
+            out = yield Candidate("ops", trial, m_epochs)
             val = s.of(out)
-            if not out.failed and val > current_val:
+            if not out.failed and val > current_val + s(rules.micro_gain):
                 current, current_val, micro_width = trial, val, trial.width
 
     # -- 4. kernels -------------------------------------------------------------------------------------------
     if m.kernel_pass:
         if not m.ops:
-            out = yield Candidate("kernels", macro, m.epochs)
+            out = yield Candidate("kernels", macro, m_epochs)
             current_val = s.of(out)
         ops_width = micro_width
         base = current.with_width(ops_width)
@@ -227,9 +229,9 @@ def search(spec: SearchSpec, profile: Profile) -> Generator[Candidate, Outcome, 
                 if trial is None:
                     continue
                 trial_width = trial.width
-                out = yield Candidate("kernels", trial, m.epochs)
+                out = yield Candidate("kernels", trial, m_epochs)
                 val = s.of(out)
-                if not out.failed and val > current_val:
+                if not out.failed and val > current_val + s(rules.micro_gain):
                     base, current_val, micro_width = base.with_kernel(layer, k), val, trial.width
 
         current = base

@@ -104,20 +104,29 @@ class FaceEvaluator:
         return {"name": "faces", "source": d.source, "size": d.size, "channels": d.channels,
                 "heldout_identities": d.heldout_identities, "train_identities": d.train_identities,
                 "loss": t.margin.loss, "margins": list(t.margin.margins()), "s": t.margin.s,
-                "batch_size": t.batch_size}
+                "batch_size": t.batch_size, "score": self.config.faces.score.model_dump()}
 
     def evaluate(self, arch: Arch, epochs: int, *, seed: int, on_epoch: Optional[Any] = None) -> Metrics:
         from facenas.data.faces.splits import load_face_splits
+        from facenas.train.face_score import make_scorer
         from facenas.train.faces import fit_face, new_run, steps_per_epoch
 
         began = time.perf_counter()
         device = setup_torch(self.config)
-        cfg = self.config.faces.train
-        splits = load_face_splits(self.config.faces.data, self.config.seed)
+        cfg, data, score = self.config.faces.train, self.config.faces.data, self.config.faces.score
+        splits = load_face_splits(data, self.config.seed)
+        if score.common_random_numbers:
+            seed = self.config.seed  # every candidate sees the same data order, augmentation and init stream
+        scorer = make_scorer(splits.heldout, score, per_fold=data.heldout_pairs_per_fold, folds=data.pair_folds,
+                             seed=self.config.seed, batch_size=cfg.eval_batch_size)
         run = new_run(arch, splits.train.num_identities, cfg, epochs=epochs,
                       steps_per_epoch=steps_per_epoch(len(splits.train), cfg.batch_size), seed=seed, device=device,
                       preprocess=splits.preprocess.to_dict())
-        history = fit_face(run, splits.train, cfg=cfg, augment=self.config.faces.data.augment, epochs=epochs,
-                           seed=seed, device=device, pairs=splits.pairs, on_epoch=on_epoch)
+        first_scored = {"max": 0, "last": epochs - 1, "mean_last": epochs - score.last_k}[score.reduce]
+        history = fit_face(run, splits.train, cfg=cfg, augment=data.augment, epochs=epochs, seed=seed, device=device,
+                           scorer=scorer, score_measure=score.metric, score_from_epoch=max(first_scored, 0),
+                           on_epoch=on_epoch)
         return Metrics(tuple(history), time.perf_counter() - began,
-                       {"device": str(device), "train_images": len(splits.train), "pairs": len(splits.pairs)})
+                       {"device": str(device), "train_images": len(splits.train),
+                        "pairs": int(len(scorer.index.issame)), "score": score.model_dump()},
+                       reduce=score.reduce, last_k=score.last_k)

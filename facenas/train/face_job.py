@@ -4,6 +4,9 @@ Outputs in the run directory: `checkpoints/last.pt` (everything needed to contin
 after every epoch and every `checkpoint_every_steps` steps), `model.pt` (the final weights with architecture and
 preprocessing, loadable by `facenas eval` and `facenas export`), `metrics.csv` and TensorBoard event files (loss
 and learning rate per step; accuracy, XNorm and each benchmark's accuracy per evaluation), and `report.json`.
+
+The network is a searched architecture or a hand-designed baseline (`model.backbone`: MobileFaceNet, iResNet or
+a timm model); both go through the same trainer, and the checkpoint stores whichever describes the network.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from facenas.data.faces.images import Preprocess
 from facenas.data.faces.splits import load_face_splits
 from facenas.data.faces.types import PairSet
 from facenas.errors import ConfigError
+from facenas.models.backbones import BackboneSpec, check_timm_name, params_for_budget
+from facenas.models.checkpoint import describe_face_model
 from facenas.space.arch import Arch
-from facenas.space.count import count_macs, count_params
 from facenas.train.evaluators import face_profile, setup_torch
 from facenas.train.faces import FaceRun, fit_face, new_run, steps_per_epoch
 from facenas.train.final import FileCheckpoint, atomic_torch_save
@@ -38,6 +42,22 @@ def retarget(arch: Arch, config: Config) -> Arch:
         raise ConfigError("this architecture has a classifier head; face training needs an architecture found by a "
                           "face search (task: faces)")
     return replace(arch, profile=profile)
+
+
+def backbone_spec(config: Config) -> Optional[BackboneSpec]:
+    """The hand-designed backbone a face config asks for (`model.backbone`), None for a searched architecture.
+
+    Input channels, size, embedding and stem stride come from the run's face profile, as for the chain; the width
+    is `model.backbone_width`, or the one whose parameter count is closest to `model.backbone_params`.
+    MobileFaceNet and iResNet keep their own heads (a timm model gets `model.embedding_head`) and their own three
+    reductions after the first (`model.reductions` is the chain's).
+    """
+    model, data = config.model, config.faces.data
+    if model.backbone is None:
+        return None
+    spec = BackboneSpec(model.backbone, model.backbone_width, data.channels, data.size, model.embedding_dim,
+                        model.embedding_head if model.backbone.startswith("timm:") else None, model.stem_stride)
+    return spec if model.backbone_params is None else params_for_budget(spec, model.backbone_params)
 
 
 def load_benchmarks(sets: tuple[VerifySetConfig, ...], prep: Preprocess) -> dict[str, PairSet]:
@@ -81,11 +101,36 @@ class _Logger:
         self.writer.close()
 
 
-def train_faces(arch: Arch, config: Config, *, on_epoch: Optional[Callable[[EpochMetrics], None]] = None
-                ) -> dict[str, Any]:
+def test_people_report(model: Any, splits: Any, batch_size: int, device: Any) -> Optional[dict[str, Any]]:
+    """The final model on the people nobody chose or trained with (`faces.data.test_identities`), measured once,
+    after training: the figure a comparison of backbones reports. None where the config keeps no such people."""
+    if splits.test_pairs is None:
+        return None
+    from facenas.evaluate.verify import TorchEmbedder, evaluate_pairs
+
+    images = splits.test_pairs.images
+    report, _ = evaluate_pairs(TorchEmbedder(model, images.shape[2], images.shape[1], device), splits.test_pairs,
+                               batch_size=batch_size)
+    return {k: v for k, v in report.to_dict().items() if k != "roc"}
+
+
+def train_faces(arch: Optional[Arch], config: Config, *,
+                on_epoch: Optional[Callable[[EpochMetrics], None]] = None) -> dict[str, Any]:
+    """Train `arch` (a searched architecture), or with `arch` None the config's `model.backbone`."""
     if config.task != "faces":
         raise ConfigError("facenas train needs a face config (task: faces)")
-    arch = retarget(arch, config)
+    backbone = backbone_spec(config)
+    net: Arch | BackboneSpec
+    if backbone is not None:
+        if arch is not None:
+            raise ConfigError(f"both an architecture and model.backbone ({backbone.name}) given; train one of them")
+        check_timm_name(backbone)
+        net, network = backbone, {"backbone": backbone.to_dict()}
+    elif arch is None:
+        raise ConfigError("nothing to train: give a searched architecture (--arch) or a backbone (model.backbone)")
+    else:
+        arch = net = retarget(arch, config)
+        network = {"arch": arch.to_dict()}
     out = config.out_dir()
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(config))  # `facenas export` finds the held-out pairs through it
@@ -95,13 +140,13 @@ def train_faces(arch: Arch, config: Config, *, on_epoch: Optional[Callable[[Epoc
     benchmarks = load_benchmarks(config.faces.verify, splits.preprocess)
     preprocess = {**splits.preprocess.to_dict(), "mean": 127.5, "std": 127.5, "color": "RGB",
                   "align": "arcface-112 (insightface norm_crop) where landmarks are known"}
-    identity = {"arch": arch.to_dict(), "seed": config.seed, "epochs": cfg.epochs,
+    identity = {**network, "seed": config.seed, "epochs": cfg.epochs,
                 "data": config.faces.data.model_dump(mode="json"),
                 "train": cfg.model_dump(mode="json", exclude={"device", "threads", "eval_batch_size"})}
     checkpoint = FileCheckpoint(out / "checkpoints" / "last.pt", identity, config.run.resume)
     steps = steps_per_epoch(len(splits.train), cfg.batch_size)
     run = new_run(arch, splits.train.num_identities, cfg, epochs=cfg.epochs, steps_per_epoch=steps, seed=config.seed,
-                  device=device, preprocess=preprocess)
+                  device=device, preprocess=preprocess, backbone=backbone)
     state = checkpoint.load()
     if state is not None:
         run.load_state_dict(state)
@@ -122,18 +167,21 @@ def train_faces(arch: Arch, config: Config, *, on_epoch: Optional[Callable[[Epoc
     finally:
         logger.close()
     model_path = out / "model.pt"
-    atomic_torch_save({"format": "facenas.face-model/1", "arch": arch.to_dict(), "preprocess": preprocess,
+    atomic_torch_save({"format": "facenas.face-model/1", **network, "preprocess": preprocess,
                        "model": run.model.state_dict(), "facenas_version": __version__}, model_path)
+    info = describe_face_model(run.model, net)
     last = history[-1]
     best = max((e for e in history if not math.isnan(e.val_acc)), key=lambda e: e.val_acc, default=last)
     report = {
-        "arch": arch.to_dict(), "arch_short": arch.short(), "params": count_params(arch), "macs": count_macs(arch),
+        "arch": info.description, "arch_short": info.short, "params": info.params, "macs": info.macs,
+        "backbone": backbone.name if backbone is not None else None,
         "epochs": len(history), "seed": config.seed, "data": splits.summary(),
         "heldout_accuracy": last.val_acc, "best_heldout_accuracy": best.val_acc, "best_epoch": best.epoch + 1,
         "xnorm": last.extra.get("xnorm"), "benchmarks": {k[:-4]: v for k, v in last.extra.items()
                                                          if k.endswith("_acc")},
         "model": str(model_path), "checkpoint": str(checkpoint.path),
         "session_wall_s": time.perf_counter() - began, "facenas_version": __version__,
+        "test_people": test_people_report(run.model, splits, cfg.eval_batch_size, device),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from facenas.space.arch import Arch
 from facenas.train.classify import Checkpointer, autocast, use_channels_last
 from facenas.train.losses import MarginHead
 from facenas.train.metrics import EpochMetrics
+
+if TYPE_CHECKING:
+    from facenas.models.backbones import BackboneSpec
 
 CHECKPOINT_FORMAT = "facenas.face-checkpoint/1"
 
@@ -70,9 +73,13 @@ def face_precision(cfg: FaceTrainConfig, device: torch.device) -> str:
 
 @dataclass
 class FaceRun:
-    """Everything a face training run owns; `state_dict` / `load_state_dict` make the checkpoint."""
+    """Everything a face training run owns; `state_dict` / `load_state_dict` make the checkpoint.
 
-    arch: Arch
+    `arch` is the searched architecture, or None for a hand-designed backbone, which `backbone` then describes
+    (`facenas.models.backbones.BackboneSpec.to_dict()`); either rebuilds the network from the checkpoint alone.
+    """
+
+    arch: Optional[Arch]
     model: nn.Module
     head: MarginHead
     optimizer: torch.optim.Optimizer
@@ -84,13 +91,15 @@ class FaceRun:
     epoch_step: int = 0  # steps completed within the current epoch
     global_step: int = 0
     partial: dict[str, float] = field(default_factory=dict)  # the current epoch's running sums, for mid-epoch resume
+    backbone: Optional[dict[str, Any]] = None
 
     def state_dict(self, extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
-            "format": CHECKPOINT_FORMAT, "arch": self.arch.to_dict(), "preprocess": self.preprocess,
+            "format": CHECKPOINT_FORMAT, "arch": self.arch.to_dict() if self.arch is not None else None,
+            **({"backbone": self.backbone} if self.backbone is not None else {}), "preprocess": self.preprocess,
             "model": self.model.state_dict(), "head": self.head.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rng, "epoch": self.epoch, "epoch_step": self.epoch_step,
@@ -113,17 +122,22 @@ class FaceRun:
         self.partial = dict(state.get("partial", {}))
 
 
-def new_run(arch: Arch, num_classes: int, cfg: FaceTrainConfig, *, epochs: int, steps_per_epoch: int, seed: int,
-            device: torch.device, preprocess: dict[str, Any]) -> FaceRun:
+def new_run(arch: Optional[Arch], num_classes: int, cfg: FaceTrainConfig, *, epochs: int, steps_per_epoch: int,
+            seed: int, device: torch.device, preprocess: dict[str, Any],
+            backbone: Optional[BackboneSpec] = None) -> FaceRun:
+    """A fresh run of the searched `arch`, or of a hand-designed `backbone` (then `arch` is None)."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
 
-    from facenas.models import build_model
+    from facenas.models import build_backbone, build_model
 
+    if (arch is None) == (backbone is None):
+        raise ValueError("new_run needs either an architecture or a backbone")
     torch.manual_seed(seed)
-    model = build_model(arch).to(device)
+    model = (build_backbone(backbone) if backbone is not None else build_model(arch)).to(device)
+    embedding_dim = backbone.embedding_dim if backbone is not None else arch.profile.embedding_dim
     m1, m2, m3 = cfg.margin.margins()
-    head = MarginHead(arch.profile.embedding_dim, num_classes, cfg.margin.s, m1, m2, m3).to(device)
+    head = MarginHead(embedding_dim, num_classes, cfg.margin.s, m1, m2, m3).to(device)
     params = list(model.parameters()) + list(head.parameters())
     optimizer = create_optimizer_v2(params, opt="momentum", lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay, filter_bias_and_bn=False)
@@ -134,7 +148,8 @@ def new_run(arch: Arch, num_classes: int, cfg: FaceTrainConfig, *, epochs: int, 
                                   t_in_epochs=False)
     precision = face_precision(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    return FaceRun(arch, model, head, optimizer, scheduler, scaler, preprocess)
+    return FaceRun(arch, model, head, optimizer, scheduler, scaler, preprocess,
+                   backbone=backbone.to_dict() if backbone is not None else None)
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -160,13 +175,18 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 def fit_face(run: FaceRun, train: FaceSet, *, cfg: FaceTrainConfig, augment: FaceAugmentConfig, epochs: int,
              seed: int, device: torch.device, pairs: Optional[PairSet] = None,
              benchmarks: Optional[dict[str, PairSet]] = None,
+             scorer: Optional[Callable[[TorchEmbedder], dict[str, float]]] = None, score_measure: str = "accuracy",
+             score_from_epoch: int = 0,
              on_epoch: Optional[Callable[[EpochMetrics], None]] = None,
              on_step: Optional[Callable[[FaceRun, dict[str, float]], None]] = None,
              checkpoint: Optional[Checkpointer] = None) -> list[EpochMetrics]:
     """Train `run` up to `epochs` epochs (continuing where it stands); returns the per-epoch history.
 
-    `val_acc` of an epoch is the 10-fold verification accuracy (%) on `pairs`; `train_acc` the accuracy of the
-    class-centre argmax on the augmented training batches; `extra` holds XNorm and each benchmark's accuracy.
+    `val_acc` of an epoch is the 10-fold verification accuracy (%) on `pairs`, or with a `scorer` (the search's,
+    `face_score.py`) its `score_measure`, all its measures going to `extra` as `heldout_<measure>`; epochs before
+    `score_from_epoch` are not scored (the search's score may read only the last ones). `train_acc` is the accuracy
+    of the class-centre argmax on the augmented training batches; `extra` also holds XNorm and each benchmark's
+    accuracy.
     """
     transform = make_augment(augment, train.images.shape[1])
     precision = face_precision(cfg, device)
@@ -217,10 +237,14 @@ def fit_face(run: FaceRun, train: FaceSet, *, cfg: FaceTrainConfig, augment: Fac
                 checkpoint.save(run.state_dict())
         extra: dict[str, float] = {}
         val_acc = math.nan
-        do_eval = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == epochs
-        if do_eval and (pairs is not None or benchmarks):
+        do_eval = ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == epochs) and epoch >= score_from_epoch
+        if do_eval and (pairs is not None or scorer is not None or benchmarks):
             embedder = TorchEmbedder(run.model, train.images.shape[2], train.images.shape[1], device)
-            if pairs is not None:
+            if scorer is not None:
+                values = scorer(embedder)
+                val_acc = values[score_measure]
+                extra.update({f"heldout_{k}" if k != "xnorm" else k: v for k, v in values.items()})
+            elif pairs is not None:
                 report, _ = evaluate_pairs(embedder, pairs, batch_size=cfg.eval_batch_size)
                 val_acc = 100.0 * report.accuracy
                 extra["xnorm"] = report.xnorm or math.nan

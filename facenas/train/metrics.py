@@ -30,11 +30,14 @@ class EpochMetrics:
 
 @dataclass(frozen=True)
 class Metrics:
-    """A candidate's result. Its score is the best validation accuracy over its epochs (max, not last)."""
+    """A candidate's result. Its score is the best validation accuracy over its epochs (max, not last), unless the
+    evaluator says otherwise (`reduce`: the face search can score the last epochs instead)."""
 
     epochs: tuple[EpochMetrics, ...]
     wall_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    reduce: str = "max"  # how the epochs' val_acc become the score: max (the paper), last, or mean_last
+    last_k: int = 1
 
     @property
     def best_val(self) -> float:
@@ -48,12 +51,19 @@ class Metrics:
 
     @property
     def score(self) -> float:
-        return self.best_val
+        """What the search compares: the best epoch (the paper), the last one, or the mean of the last `last_k`."""
+        if self.reduce == "max":
+            return self.best_val
+        scored = [e.val_acc for e in self.epochs if not math.isnan(e.val_acc)]
+        if not scored:
+            return math.nan
+        return scored[-1] if self.reduce == "last" else sum(scored[-self.last_k:]) / len(scored[-self.last_k:])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epochs": [e.to_dict() for e in self.epochs], "wall_s": self.wall_s, "extra": self.extra}
+        return {"epochs": [e.to_dict() for e in self.epochs], "wall_s": self.wall_s, "extra": self.extra,
+                "reduce": self.reduce, "last_k": self.last_k}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Metrics":
         return cls(tuple(EpochMetrics.from_dict(e) for e in data["epochs"]), data.get("wall_s", 0.0),
-                   data.get("extra", {}))
+                   data.get("extra", {}), data.get("reduce", "max"), data.get("last_k", 1))

@@ -93,7 +93,7 @@ def test_train_final_resumes_exactly_after_a_crash(tmp_path, tiny_config_data):
 def test_arch_command(tmp_path):
     arch = tmp_path / "arch.json"
     arch.write_text(json.dumps({"width": 46, "depth": 26, "ops": [0] * 26, "kernels": [3] * 26}))
-    result = runner.invoke(app, ["arch", str(arch), "--json"])
+    result = runner.invoke(app, ["arch", "show", str(arch), "--json"])
     assert result.exit_code == 0
     assert json.loads(result.output)["params"] == 413_826
 
@@ -106,7 +106,7 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     assert "depth.min = 12 is above depth.max = 10" in result.output and "Traceback" not in result.output
     arch = tmp_path / "arch.json"
     arch.write_text(json.dumps({"width": 8, "depth": 4, "ops": [0] * 4, "kernels": [3, 3, 4, 3]}))
-    result = runner.invoke(app, ["arch", str(arch)])
+    result = runner.invoke(app, ["arch", "show", str(arch)])
     assert result.exit_code == 2 and "kernels[2] = 4" in result.output
 
 

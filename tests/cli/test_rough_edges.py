@@ -16,8 +16,8 @@ from facenas.search.strategy import Candidate, SearchResult
 from facenas.space.arch import Arch, Profile
 
 runner = CliRunner()
-COMMANDS = [["search"], ["replay"], ["train-final"], ["arch"], ["train"], ["eval"], ["export"], ["serve"], ["demo"],
-            ["data", "inspect"], ["data", "build-rec"], ["data", "build-bin"]]
+COMMANDS = [["search"], ["replay"], ["train-final"], ["arch", "show"], ["arch", "random"], ["train"], ["eval"],
+            ["export"], ["serve"], ["demo"], ["data", "inspect"], ["data", "build-rec"], ["data", "build-bin"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

@@ -31,10 +31,14 @@ class FaceSplits:
     preprocess: Preprocess
     description: str
     problems: tuple[str, ...] = ()
+    test: Optional[FaceSet] = None  # people neither the search nor training sees (`test_identities`)
+    test_pairs: Optional[PairSet] = None
 
     def summary(self) -> dict[str, object]:
         return {"train_images": len(self.train), "train_identities": self.train.num_identities,
                 "heldout_identities": self.heldout.num_identities, "pairs": len(self.pairs),
+                "test_identities": self.test.num_identities if self.test is not None else 0,
+                "test_pairs": len(self.test_pairs) if self.test_pairs is not None else 0,
                 "description": self.description, "problems": list(self.problems)}
 
 
@@ -45,19 +49,22 @@ def open_face_source(cfg: FaceDataConfig) -> FaceSource:
     return open_source(cfg.source, landmarks_file=cfg.landmarks, skip_empty=cfg.skip_bad)
 
 
-def choose_identities(labels: np.ndarray, cfg: FaceDataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training identity labels, held-out identity labels), disjoint and seeded."""
+def choose_identities(labels: np.ndarray, cfg: FaceDataConfig, seed: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(training, held-out, test identity labels), disjoint and seeded; test is empty without `test_identities`."""
     counts = np.bincount(labels)
     usable = np.flatnonzero(counts >= cfg.min_images_per_identity)
-    if len(usable) < cfg.heldout_identities + 2:
+    apart = cfg.heldout_identities + cfg.test_identities
+    if len(usable) < apart + 2:
         raise DataError(f"{len(usable)} identities have >= {cfg.min_images_per_identity} images; need at least "
-                        f"{cfg.heldout_identities} held out plus 2 to train (lower faces.data.heldout_identities)")
+                        f"{cfg.heldout_identities} held out, {cfg.test_identities} for testing and 2 to train (lower "
+                        "faces.data.heldout_identities or test_identities)")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xF4CE]))
     order = rng.permutation(usable)
-    heldout, train = np.sort(order[:cfg.heldout_identities]), order[cfg.heldout_identities:]
+    heldout, test, train = order[:cfg.heldout_identities], order[cfg.heldout_identities:apart], order[apart:]
     if cfg.train_identities is not None:
         train = train[:cfg.train_identities]
-    return np.sort(train), heldout
+    return np.sort(train), np.sort(heldout), np.sort(test)
 
 
 def _items(labels: np.ndarray, identities: np.ndarray, cap: Optional[int], seed: int) -> np.ndarray:
@@ -75,7 +82,7 @@ def _items(labels: np.ndarray, identities: np.ndarray, cap: Optional[int], seed:
 def load_face_splits(cfg: FaceDataConfig, seed: int) -> FaceSplits:
     """Decode the run's training identities and held-out pairs into memory (cached per process)."""
     source = open_face_source(cfg)
-    train_ids, heldout_ids = choose_identities(source.labels, cfg, seed)
+    train_ids, heldout_ids, test_ids = choose_identities(source.labels, cfg, seed)
     prep = Preprocess(size=cfg.size, channels=cfg.channels, crop_fraction=cfg.crop_fraction)
     train = materialize(source, _items(source.labels, train_ids, cfg.max_images_per_identity, seed), prep,
                         skip_bad=cfg.skip_bad)
@@ -84,7 +91,16 @@ def load_face_splits(cfg: FaceDataConfig, seed: int) -> FaceSplits:
     pairs = pairs_from_faces(held.faces, cfg.heldout_pairs_per_fold, folds=cfg.pair_folds, seed=seed,
                              name="heldout")
     problems = tuple(getattr(source, "problems", [])) + tuple(train.problems) + tuple(held.problems)
+    test = test_pairs = None
+    if len(test_ids):
+        tested = materialize(source, _items(source.labels, test_ids, cfg.max_images_per_identity, seed + 2), prep,
+                             skip_bad=cfg.skip_bad)
+        test = tested.faces
+        test_pairs = pairs_from_faces(test, cfg.heldout_pairs_per_fold, folds=cfg.pair_folds, seed=seed + 2,
+                                      name="test")
+        problems += tuple(tested.problems)
+    tested_text = f", {test.num_identities} test identities -> {len(test_pairs)} pairs" if test is not None else ""
     description = (f"{source.name}: {train.faces.num_identities} training identities ({len(train.faces)} images), "
                    f"{held.faces.num_identities} held-out identities -> {len(pairs)} pairs in {cfg.pair_folds} "
-                   f"folds; seed {seed}; {cfg.size}x{cfg.size}x{cfg.channels}")
-    return FaceSplits(train.faces, held.faces, pairs, prep, description, problems)
+                   f"folds{tested_text}; seed {seed}; {cfg.size}x{cfg.size}x{cfg.channels}")
+    return FaceSplits(train.faces, held.faces, pairs, prep, description, problems, test, test_pairs)

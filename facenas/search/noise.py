@@ -1,0 +1,104 @@
+"""The noise of a search's score: a few architectures, each trained under several seeds at the proxy budget.
+
+A search decision compares two noisy scores; nothing is decided until the noise is known. `measure_noise` trains
+each architecture once per seed through the run's own evaluator (so it measures exactly the score the search
+uses), and reports per architecture the mean and standard deviation over seeds, the pooled within-architecture
+standard deviation (what goes into `search.noise.std`), and the spread of the architecture means (the signal a
+search has to find). Face evaluators also report every other measure of the held-out people per epoch
+(`extra["heldout_*"]`); those are summarised too, so that one run compares the measures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from facenas.search.evaluator import Evaluator, Metrics
+from facenas.search.executor import Executor, InlineExecutor
+from facenas.space.arch import Arch
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One score over architectures x seeds."""
+
+    mean: dict[str, float]
+    std: dict[str, float]
+    pooled_std: float  # within an architecture, over seeds: the noise
+    arch_mean_std: float  # of the architectures' means: the signal (and some noise of the means)
+
+    @property
+    def signal_to_noise(self) -> Optional[float]:
+        return self.arch_mean_std / self.pooled_std if self.pooled_std > 0 else None
+
+
+def spread(values: dict[str, list[float]]) -> Spread:
+    """`values[arch]` is one score per seed."""
+    means = {a: float(np.mean(v)) for a, v in values.items()}
+    stds = {a: float(np.std(v, ddof=1)) if len(v) > 1 else math.nan for a, v in values.items()}
+    pooled = math.sqrt(float(np.mean([s * s for s in stds.values()])))
+    signal = float(np.std(list(means.values()), ddof=1)) if len(means) > 1 else math.nan
+    return Spread(means, stds, pooled, signal)
+
+
+def _reductions(series: list[float]) -> dict[str, float]:
+    scored = [v for v in series if not math.isnan(v)]
+    if not scored:
+        return {}
+    out = {"max": max(scored), "last": scored[-1]}
+    if len(scored) >= 2:
+        out["mean_last2"] = float(np.mean(scored[-2:]))
+    return out
+
+
+@dataclass
+class NoiseReport:
+    score: Spread  # the score the search compares (its own measure and reduction)
+    measures: dict[str, Spread] = field(default_factory=dict)  # "<measure>/<reduction>" -> spread
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        def one(s: Spread) -> dict[str, Any]:
+            return {**asdict(s), "signal_to_noise": s.signal_to_noise}
+        return {"score": one(self.score), "measures": {k: one(v) for k, v in self.measures.items()},
+                "runs": self.runs}
+
+
+def measure_noise(evaluator: Evaluator, archs: Sequence[Arch], seeds: Sequence[int], epochs: int, *,
+                  executor: Optional[Executor] = None,
+                  on_run: Optional[Callable[[Arch, int, Metrics], None]] = None) -> NoiseReport:
+    """Train every architecture under every seed for `epochs` and summarise the scores' spreads."""
+    executor = executor or InlineExecutor()
+    runs = []
+    for arch in archs:
+        for seed in seeds:
+            metrics = executor.run(evaluator, arch, epochs, seed=seed)
+            series = {key[len("heldout_"):]: [e.extra.get(key, math.nan) for e in metrics.epochs]
+                      for key in (metrics.epochs[-1].extra if metrics.epochs else {}) if key.startswith("heldout_")}
+            runs.append({"arch": arch.short(), "seed": seed, "score": metrics.score, "wall_s": metrics.wall_s,
+                         "val": [e.val_acc for e in metrics.epochs], "train_acc": [e.train_acc for e in metrics.epochs],
+                         "measures": series})
+            if on_run is not None:
+                on_run(arch, seed, metrics)
+    names = list(dict.fromkeys(r["arch"] for r in runs))
+    report = NoiseReport(spread({a: [r["score"] for r in runs if r["arch"] == a] for a in names}), runs=runs)
+    keys = {f"{m}/{red}" for r in runs for m, series in r["measures"].items() for red in _reductions(series)}
+    for key in sorted(keys):
+        measure, reduction = key.split("/")
+        values = {a: [_reductions(r["measures"][measure]).get(reduction, math.nan) for r in runs if r["arch"] == a]
+                  for a in names}
+        report.measures[key] = spread(values)
+    return report
+
+
+def spread_architectures(depth_min: int, depth_max: int, width_min: int, width_max: int, profile: Any) -> list[Arch]:
+    """Three architectures across a search space: shallow and wide, deep and wide, shallow and narrow with conv
+    layers; the score's noise is measured on each, since it can depend on the architecture."""
+    mid = (depth_min + depth_max) // 2
+    mixed = Arch.uniform(width_min, depth_min, profile)
+    for layer in range(0, depth_min, 2):
+        mixed = mixed.with_op(layer, 1)
+    return [Arch.uniform(width_max, depth_min, profile), Arch.uniform(width_max, mid, profile), mixed]

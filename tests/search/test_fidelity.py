@@ -1,0 +1,140 @@
+"""`facenas fidelity`: rank correlation of proxy and long scores, resumable run by run."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Callable, Optional
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from facenas.cli.main import app
+from facenas.config import parse_config
+from facenas.errors import ConfigError, NonFiniteLossError
+from facenas.search.fidelity import choose_archs, measures_of, rank_correlation, run_fidelity
+from facenas.space.arch import Arch, Profile
+from facenas.space.count import count_params
+from facenas.space.sample import SearchSpace
+from facenas.train.metrics import EpochMetrics, Metrics
+
+PROFILE = Profile.paper(1, 10)
+ARCHS = [Arch.uniform(w, d, PROFILE) for w, d in ((8, 3), (10, 4), (6, 5), (12, 3), (16, 6))]
+
+
+def proxy_score(arch: Arch) -> float:
+    """Distinct for every architecture in ARCHS, in no particular order of their place in the list."""
+    return 50.0 + (7 * arch.width + 3 * arch.depth) % 23
+
+
+class Scripted:
+    """The proxy score depends on the architecture; the long one is `long(proxy score)`."""
+
+    def __init__(self, long: Callable[[float], float], stop_after: Optional[int] = None) -> None:
+        self.long, self.stop_after, self.calls = long, stop_after, []
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "scripted"}
+
+    def evaluate(self, arch: Arch, epochs: int, *, seed: int, on_epoch: Optional[Any] = None) -> Metrics:
+        if self.stop_after is not None and len(self.calls) == self.stop_after:
+            raise KeyboardInterrupt  # a kill in the middle of a long run
+        self.calls.append((arch.short(), epochs, seed))
+        score = proxy_score(arch) if epochs == 2 else self.long(proxy_score(arch))
+        return Metrics(tuple(EpochMetrics(e, 60.0, score - (epochs - 1 - e), extra={"heldout_auc": 100 - score})
+                             for e in range(epochs)), reduce="last")
+
+
+@pytest.mark.parametrize("long, tau", [(lambda s: 2 * s + 10, 1.0), (lambda s: math.exp(-s / 10), -1.0)])
+def test_rank_correlations_of_monotone_and_reversed_long_scores(tmp_path, long, tau):
+    evaluator = Scripted(long)
+    data = run_fidelity(evaluator, ARCHS, 2, 8, seed=0, path=tmp_path / "f.json")
+    c = data["correlations"]
+    assert c["score"]["n"] == 5
+    assert c["score"]["kendall_tau"] == pytest.approx(tau) and c["score"]["spearman_rho"] == pytest.approx(tau)
+    # the face measure is reduced like the score (last epoch) and ranks the other way round
+    assert c["heldout_auc"]["kendall_tau"] == pytest.approx(tau)
+    assert [e["proxy"]["measures"]["heldout_auc"] for e in data["archs"]] == pytest.approx(
+        [100 - proxy_score(a) for a in ARCHS])
+    # proxies first, then the long runs, each architecture with the same seed at both budgets
+    assert [epochs for _, epochs, _ in evaluator.calls] == [2] * 5 + [8] * 5
+    seeds = [seed for _, _, seed in evaluator.calls]
+    assert seeds[:5] == seeds[5:] and len(set(seeds)) == 5
+    saved = json.loads((tmp_path / "f.json").read_text())
+    assert saved["correlations"] == c and saved["archs"][0]["params"] == count_params(ARCHS[0])
+    assert all(e["proxy"]["wall_s"] >= 0 and e["long"]["epochs"] == 8 for e in saved["archs"])
+
+
+def test_a_killed_run_resumes_without_training_anything_twice(tmp_path):
+    path = tmp_path / "f.json"
+    with pytest.raises(KeyboardInterrupt):
+        run_fidelity(Scripted(lambda s: s, stop_after=7), ARCHS, 2, 8, seed=3, path=path)
+    saved = json.loads(path.read_text())
+    assert sum(e["proxy"] is not None for e in saved["archs"]) == 5
+    assert sum(e["long"] is not None for e in saved["archs"]) == 2
+    second = Scripted(lambda s: s)
+    data = run_fidelity(second, ARCHS, 2, 8, seed=3, path=path)
+    assert len(second.calls) == 3 and [e for _, e, _ in second.calls] == [8, 8, 8]
+    assert data["correlations"]["score"]["kendall_tau"] == pytest.approx(1.0)
+    third = Scripted(lambda s: s)
+    assert run_fidelity(third, ARCHS, 2, 8, seed=3, path=path) == data and third.calls == []
+    with pytest.raises(ConfigError, match="other settings .*long_epochs"):
+        run_fidelity(third, ARCHS, 2, 6, seed=3, path=path)
+
+
+def test_failed_runs_are_recorded_and_left_out(tmp_path):
+    class Fails(Scripted):
+        def evaluate(self, arch, epochs, *, seed, on_epoch=None):
+            if arch.width == 6 and epochs == 8:
+                raise NonFiniteLossError("training loss became nan")
+            return super().evaluate(arch, epochs, seed=seed, on_epoch=on_epoch)
+
+    data = run_fidelity(Fails(lambda s: -s), ARCHS, 2, 8, seed=0, path=tmp_path / "f.json")
+    failed = data["archs"][2]["long"]
+    assert failed["status"] == "failed" and failed["score"] is None and "nan" in failed["error"]
+    assert data["correlations"]["score"]["n"] == 4 and data["correlations"]["score"]["kendall_tau"] == -1.0
+
+
+def test_rank_correlation_needs_two_finite_pairs():
+    assert rank_correlation([1.0], [2.0])["kendall_tau"] is None
+    assert rank_correlation([1.0, None, 3.0], [1.0, 5.0, float("nan")])["n"] == 1
+    assert rank_correlation([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])["kendall_tau"] is None  # constant: undefined
+
+
+def test_measures_are_reduced_like_the_score():
+    epochs = tuple(EpochMetrics(e, 0.0, 50.0 + e, extra={"heldout_auc": v, "other": 1.0})
+                   for e, v in enumerate((90.0, 95.0, 91.0)))
+    assert measures_of(Metrics(epochs, reduce="max")) == {"heldout_auc": 95.0}
+    assert measures_of(Metrics(epochs, reduce="mean_last", last_k=2)) == {"heldout_auc": 93.0}
+
+
+def test_architectures_are_distinct_in_the_searchs_widths_and_reproducible():
+    space = SearchSpace(Profile.paper(1, 10, 8), 3, 12, kernels=(3, 5))
+    spread = choose_archs(space, 6, 0, widths=(8, 16))
+    assert len(set(spread)) == 6 and all(8 <= a.width <= 16 for a in spread)
+    sizes = [count_params(a) for a in spread]
+    assert sizes == sorted(sizes) and sizes[-1] > 2 * sizes[0]
+    assert choose_archs(space, 6, 0, widths=(8, 16)) == spread and choose_archs(space, 6, 1, widths=(8, 16)) != spread
+    same = choose_archs(space, 4, 0, widths=(8, 16), params=50_000)
+    assert len(set(same)) == 4 and all(abs(count_params(a) - 50_000) <= 1500 for a in same)
+
+
+def test_cli_fidelity_on_a_tiny_digits_config(tmp_path, tiny_config_data):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_data))
+    args = ["fidelity", "-c", str(config), "--archs", "3", "--proxy-epochs", "1", "--factor", "2", "--out",
+            str(tmp_path / "fid")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
+    assert [(e["proxy"]["epochs"], e["long"]["epochs"]) for e in data["archs"]] == [(1, 2)] * 3
+    assert data["settings"]["proxy_epochs"] == 1 and data["correlations"]["score"]["n"] == 3
+    assert (tmp_path / "fid" / "fidelity.png").stat().st_size > 0 and "Kendall tau" in result.output
+    assert result.output.count(" proxy (1 epochs)") == 3
+    cfg = parse_config(tiny_config_data)
+    widths = (cfg.search.width.min, cfg.search.width.max)
+    assert all(widths[0] <= e["spec"]["width"] <= widths[1] for e in data["archs"])
+    again = CliRunner().invoke(app, args)  # resumes: nothing left to train
+    assert again.exit_code == 0 and "proxy (1 epochs)" not in again.output
+    assert json.loads((tmp_path / "fid" / "fidelity.json").read_text()) == data

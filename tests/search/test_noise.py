@@ -1,0 +1,60 @@
+"""`facenas noise`: the spread of the search's score over seeds, through the run's own evaluator."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from facenas.cli.main import app
+from facenas.search.noise import measure_noise, spread
+from facenas.space.arch import Arch, Profile
+from facenas.train.metrics import EpochMetrics, Metrics
+
+
+class NoisyTable:
+    """Score = 60 + depth + seeded noise of std 0.5: the noise and the signal are known."""
+
+    def describe(self):
+        return {"name": "noisy"}
+
+    def evaluate(self, arch, epochs, *, seed, on_epoch=None):
+        rng = np.random.default_rng([arch.depth, seed])
+        values = 60 + arch.depth + rng.normal(0, 0.5, epochs)
+        return Metrics(tuple(EpochMetrics(e, 50.0, float(v), extra={"heldout_auc": float(v) + 10})
+                             for e, v in enumerate(values)), reduce="last")
+
+
+def test_spread_separates_the_noise_from_the_signal():
+    archs = [Arch.uniform(8, d, Profile.paper(1, 10)) for d in (3, 5, 7)]
+    report = measure_noise(NoisyTable(), archs, range(40), 2)
+    assert report.score.pooled_std == pytest.approx(0.5, rel=0.2)
+    assert report.score.arch_mean_std == pytest.approx(2.0, rel=0.1)  # means 63, 65, 67
+    assert report.score.signal_to_noise == pytest.approx(4.0, rel=0.25)
+    assert set(report.measures) == {"auc/max", "auc/last", "auc/mean_last2"}
+    # the max over epochs is biased upwards: its mean exceeds the last epoch's
+    assert report.measures["auc/max"].mean["D3 C8 ops 000 k 333"] > report.measures["auc/last"].mean[
+        "D3 C8 ops 000 k 333"]
+
+
+def test_spread_of_exact_values():
+    s = spread({"a": [1.0, 3.0], "b": [5.0, 7.0]})
+    assert s.mean == {"a": 2.0, "b": 6.0} and s.pooled_std == pytest.approx(math.sqrt(2))
+    assert s.arch_mean_std == pytest.approx(math.sqrt(8)) and s.signal_to_noise == pytest.approx(2.0)
+
+
+def test_cli_noise_on_a_tiny_face_config(tmp_path, tiny_face_config_data):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**tiny_face_config_data, "faces": {
+        **tiny_face_config_data["faces"], "score": {"metric": "auc", "pairs": "all", "reduce": "last"}}}))
+    result = CliRunner().invoke(app, ["noise", "-c", str(config), "--seeds", "2", "--epochs", "1", "--json",
+                                      str(tmp_path / "n.json")])
+    assert result.exit_code == 0, result.output
+    assert "search.noise.std" in result.output
+    data = json.loads((tmp_path / "n.json").read_text())
+    assert len(data["runs"]) == 6 and "dprime/last" in data["measures"]
+    assert {r["seed"] for r in data["runs"]} == {0, 1}
