@@ -45,7 +45,7 @@ def load_face_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Mod
     try:
         state = load_checkpoint(path, device)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-        raise DataError(f"{path}: not a readable facenas checkpoint ({_first_line(exc)})") from None
+        raise DataError(f"{path}: not a readable facenas checkpoint ({first_line(exc)})") from None
     if not isinstance(state, dict) or "model" not in state or (state.get("arch") is None and
                                                                 state.get("backbone") is None):
         raise DataError(f"{path}: not a facenas face checkpoint (no architecture and weights inside)")
@@ -87,6 +87,6 @@ def describe_face_model(model: torch.nn.Module, network: Network) -> FaceModelIn
                          profile.in_channels, profile.input_size, profile.embedding_dim, profile.head)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """torch's weights-only refusal is a page of advice; its first line names the problem."""
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -23,7 +23,7 @@ from facenas.data.batch_aug import BatchAugment
 from facenas.data.sources import load_splits
 from facenas.errors import ConfigError, TrainingError
 from facenas.models import build_model
-from facenas.models.checkpoint import load_checkpoint
+from facenas.models.checkpoint import first_line, load_checkpoint
 from facenas.space.arch import Arch
 from facenas.space.count import count_macs, count_params
 from facenas.train.classify import evaluate, fit_classifier, to_device
@@ -52,8 +52,8 @@ class FileCheckpoint:
         try:
             state = load_checkpoint(self.path)
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
-            raise TrainingError(f"{self.path}: unreadable checkpoint ({str(exc).strip().splitlines()[0]}); delete it "
-                                "to start over") from exc
+            raise TrainingError(f"{self.path}: unreadable checkpoint ({first_line(exc)}); delete it to start over"
+                                ) from exc
         if state.get("identity") != self.identity:
             raise TrainingError(f"{self.path} belongs to another architecture or configuration; use another --out")
         return state
