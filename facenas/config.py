@@ -278,6 +278,8 @@ class FaceDataConfig(_Section):
     pair_folds: int = Field(10, ge=2)
     test_identities: int = Field(0, ge=0, description="identities neither the search nor training ever sees: the "
                                                       "people of the final comparison (0: none kept apart)")
+    test_pairs_per_fold: Optional[int] = Field(None, ge=1, description="matched and mismatched pairs per fold of the "
+                                                                       "test people (default heldout_pairs_per_fold)")
     train_identities: Optional[int] = Field(None, ge=2, description="proxy subset of the training identities")
     max_images_per_identity: Optional[int] = Field(None, ge=1)
     min_images_per_identity: int = Field(2, ge=1)

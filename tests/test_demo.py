@@ -46,3 +46,13 @@ def test_a_resumed_demo_keeps_its_timings_and_outputs_and_fresh_starts_over(tiny
     assert fresh["architecture"] == summary["architecture"]  # everything seeded: starting over finds the same
     assert [p.stat().st_mtime_ns for p in outputs] != stamps
     assert np.array_equal(read_image(crops[0]), image)
+
+
+def test_the_demos_search_scores_and_decides_as_the_face_configs():
+    from facenas.config import decision_rules, micro_epochs, parse_config
+
+    cfg = parse_config(demo.SEARCH)
+    assert (cfg.faces.score.metric, cfg.faces.score.pairs, cfg.faces.score.reduce) == ("auc", "all", "last")
+    # a micro change must beat the noise of a difference of two scores, not just the incumbent's figure
+    assert decision_rules(cfg.search).micro_gain == pytest.approx(cfg.search.noise.std * 2 ** 0.5)
+    assert micro_epochs(cfg.search.micro, 6) == 3  # half a D7 C8 macro net's budget, not one epoch

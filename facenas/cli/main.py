@@ -575,11 +575,13 @@ def fidelity(
                                            "runs/<name>-fidelity); a second call with the same settings resumes"),
     face_source: Optional[str] = typer.Option(None, help="faces.data.source"),
     data_root: Optional[Path] = typer.Option(None, help="data.root (classification)"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="run.retry_failed: train failed runs again"),
     sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="any config key"),
 ) -> None:
     """Check the proxy: rank correlation of scores at the search's budget and at factor x it, over N architectures."""
     cfg = run_guarded(load_run_config, config, sets, {
-        "faces.data.source": face_source, "data.root": str(data_root) if data_root else None})
+        "faces.data.source": face_source, "data.root": str(data_root) if data_root else None,
+        "run.retry_failed": retry_failed or None})
     from facenas.search.fidelity import fidelity_from_config
 
     folder = out_dir or Path("runs") / f"{cfg.name}-fidelity"

@@ -41,8 +41,8 @@ class _Bars:
         self.progress.stop()
 
 
-LEGEND = ("one line per candidate: index, phase, depth D, width C, epoch budget E, parameters, MACs, best "
-          "validation score over its epochs, train accuracy, time; * marks the best score of its phase so far (the "
+LEGEND = ("one line per candidate: index, phase, depth D, width C, epoch budget E, parameters, MACs, validation "
+          "score (as configured), train accuracy, time; * marks the best score of its phase so far (the "
           "phase's acceptance rules, not this mark, decide which candidate is kept)")
 
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from facenas.config import Config
-from facenas.errors import ArchError, ConfigError
+from facenas.errors import ArchError, ConfigError, SearchAborted
 from facenas.search.evaluator import Evaluator, Metrics
 from facenas.search.executor import CandidateFailed, Executor, InlineExecutor
 from facenas.space.arch import Arch
@@ -170,12 +170,15 @@ def _load_previous(path: Path, settings: dict[str, Any]) -> Optional[dict[str, A
 
 def run_fidelity(evaluator: Evaluator, archs: Sequence[Arch], proxy_epochs: int, long_epochs: int, *, seed: int,
                  path: str | Path, settings: Optional[dict[str, Any]] = None, executor: Optional[Executor] = None,
-                 on_run: Optional[RunCallback] = None) -> dict[str, Any]:
+                 on_run: Optional[RunCallback] = None, retry_failed: bool = False,
+                 max_consecutive_failures: int = 0) -> dict[str, Any]:
     """Train every architecture at both budgets (proxies first), writing each finished run to `path` at once.
 
-    Runs already in `path` from a call with the same settings are not trained again. A run that fails (NaN loss,
-    an exception) is recorded with its error and left out of the correlations; a `FacenasError` other than a
-    training error (missing data) stops everything. `on_run(index, budget, run)` follows every training.
+    Runs already in `path` from a call with the same settings are not trained again; failed ones are, with
+    `retry_failed`. A run that fails (NaN loss, an exception) is recorded with its error and left out of the
+    correlations; `max_consecutive_failures` in a row (> 0) stop everything (`SearchAborted`: a broken setup, not
+    bad architectures), as does a `FacenasError` other than a training error (missing data). `on_run(index,
+    budget, run)` follows every training.
     """
     path = Path(path)
     executor = executor or InlineExecutor()
@@ -187,9 +190,10 @@ def run_fidelity(evaluator: Evaluator, archs: Sequence[Arch], proxy_epochs: int,
                    "seed": _seed(seed, i), "proxy": None, "long": None} for i, a in enumerate(archs)],
         "correlations": {}}
     path.parent.mkdir(parents=True, exist_ok=True)
+    failures_in_a_row = 0
     for budget, epochs in zip(BUDGETS, (proxy_epochs, long_epochs)):
         for entry, arch in zip(data["archs"], archs):
-            if entry[budget] is not None:
+            if entry[budget] is not None and not (retry_failed and entry[budget]["status"] == "failed"):
                 continue
             began = time.perf_counter()
             try:
@@ -206,6 +210,11 @@ def run_fidelity(evaluator: Evaluator, archs: Sequence[Arch], proxy_epochs: int,
             _write_json(path, data)
             if on_run is not None:
                 on_run(entry["index"], budget, run)
+            failures_in_a_row = failures_in_a_row + 1 if run["error"] else 0
+            if max_consecutive_failures and failures_in_a_row >= max_consecutive_failures:
+                raise SearchAborted(f"{failures_in_a_row} trainings in a row failed (the last: {run['error']}); this "
+                                    "looks like a broken setup rather than bad architectures. Fix the cause, then "
+                                    "run the same command with --retry-failed")
     return data
 
 
@@ -248,7 +257,8 @@ def fidelity_from_config(config: Config, out: str | Path, *, archs: int, seed: i
                          on_run: Optional[RunCallback] = None) -> tuple[dict[str, Any], Path, Path]:
     """The whole check for a search config: choose, train (resumably), correlate, plot; returns (data, json, png).
 
-    The proxy budget defaults to the depth phase's first (`search.depth.start_epochs`).
+    The proxy budget defaults to the depth phase's first (`search.depth.start_epochs`); `run.retry_failed` and
+    `run.max_consecutive_failures` act as in a search.
     """
     from facenas.search.evaluator import make_task
     from facenas.search.executor import make_executor
@@ -266,7 +276,8 @@ def fidelity_from_config(config: Config, out: str | Path, *, archs: int, seed: i
     settings = {"config": fingerprint(config), "params": params, "factor": factor}
     data = run_fidelity(evaluator, chosen, proxy, proxy * factor, seed=seed, path=folder / JSON_FILE,
                         settings=settings, executor=executor or make_executor(config.run.executor, evaluator),
-                        on_run=on_run)
+                        on_run=on_run, retry_failed=config.run.retry_failed,
+                        max_consecutive_failures=config.run.max_consecutive_failures)
     png = folder / PLOT_FILE
     how = f"at {params:,} parameters" if params is not None else "spread over the space's sizes"
     plot_fidelity(data, png, f"{config.name}: {len(chosen)} architectures {how}")

@@ -119,12 +119,20 @@ def run_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, journal
 
 # -- run directories ---------------------------------------------------------------------------------------------
 
-def fingerprint(config: Config) -> str:
-    """Hash of everything that changes which candidates a run proposes or how they score.
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def fingerprint_data(config: Config) -> dict[str, Any]:
+    """What `fingerprint` hashes: everything that changes which candidates a run proposes or how they score.
 
     Where to write (`run`), and how many threads or which device, do not enter: a run may resume elsewhere.
+    Keys left unset (None) do not enter either, so that a key a later version adds (unset by default) does not
+    orphan the runs started before it.
     """
-    data = config.model_dump(mode="json")
+    data = _without_none(config.model_dump(mode="json"))
     data.pop("name", None)
     data.pop("run", None)
     data.pop("final", None)
@@ -133,7 +141,12 @@ def fingerprint(config: Config) -> str:
         data["faces"]["train"].pop(key, None)
     data["data"].pop("root", None)
     data["data"].pop("download", None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return data
+
+
+def fingerprint(config: Config) -> str:
+    """A short hash of `fingerprint_data`: a run resumes only under the configuration it started with."""
+    return hashlib.sha256(json.dumps(fingerprint_data(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -211,7 +224,8 @@ def write_outputs(config: Config, result: SearchResult, records: list[CandidateR
         p["wall_s"] += r.wall_s or 0.0
         p["epochs"] += r.candidate.epochs
     if config.task == "faces":
-        dataset, protocol = config.faces.data.source, "held-out identities, 10-fold verification accuracy"
+        s = config.faces.score
+        dataset, protocol = config.faces.data.source, f"held-out identities, verification {s.metric} on {s.pairs} pairs"
     else:
         dataset, protocol = config.data.dataset, config.data.protocol
     summary = {
@@ -241,6 +255,10 @@ def search_from_config(config: Config, *, events: Optional[SearchEvents] = None,
     from facenas.search.executor import make_executor
 
     began = time.perf_counter()
+    if config.task == "faces" and config.search.noise.std is None:
+        log.warning("search.noise.std is not set: the authors' point rules (tuned on CIFAR accuracy) decide. Measure "
+                    "the score's noise on your data (facenas noise -c CONFIG) and set it, as "
+                    "configs/search/faces-lfw-dev.yaml does")
     evaluator, profile = make_task(config)
     info = evaluator.describe()
     journal, completed, interrupted = open_journal(config, config.run.resume, info)

@@ -91,9 +91,10 @@ def task_profile(config: Config) -> Profile:
 class FaceEvaluator:
     """Candidate -> margin-softmax training on the training identities -> held-out verification accuracy.
 
-    The score of a candidate is its best 10-fold verification accuracy (%) over its epochs on pairs of identities
-    that never appear in training (method.md section 5); the train accuracy the strategy watches is the class
-    centre argmax accuracy on the training batches.
+    The score of a candidate is a verification measure on identities that never appear in training, chosen and
+    reduced over its epochs by `faces.score` (by default its best 10-fold accuracy (%), method.md section 5; the
+    face configs use the last epoch's ROC AUC on every genuine pair); the train accuracy the strategy watches is
+    the class centre argmax accuracy on the training batches.
     """
 
     def __init__(self, config: Config) -> None:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from facenas.cli.main import app
 from facenas.config import parse_config
-from facenas.errors import ConfigError, NonFiniteLossError
+from facenas.errors import ConfigError, NonFiniteLossError, SearchAborted
 from facenas.search.fidelity import choose_archs, measures_of, rank_correlation, run_fidelity
 from facenas.space.arch import Arch, Profile
 from facenas.space.count import count_params
@@ -94,6 +94,25 @@ def test_failed_runs_are_recorded_and_left_out(tmp_path):
     failed = data["archs"][2]["long"]
     assert failed["status"] == "failed" and failed["score"] is None and "nan" in failed["error"]
     assert data["correlations"]["score"]["n"] == 4 and data["correlations"]["score"]["kendall_tau"] == -1.0
+
+
+def test_a_broken_setup_stops_and_failed_runs_train_again_when_asked(tmp_path):
+    class Broken(Scripted):
+        def evaluate(self, arch, epochs, *, seed, on_epoch=None):
+            raise NonFiniteLossError("no module named 'cv2'")
+
+    path = tmp_path / "f.json"
+    with pytest.raises(SearchAborted, match="3 trainings in a row failed .*cv2.*--retry-failed"):
+        run_fidelity(Broken(lambda s: s), ARCHS, 2, 8, seed=0, path=path, max_consecutive_failures=3)
+    assert [e["proxy"] and e["proxy"]["status"] for e in json.loads(path.read_text())["archs"]] == [
+        "failed"] * 3 + [None] * 2
+    fixed = Scripted(lambda s: s)
+    kept = run_fidelity(fixed, ARCHS, 2, 8, seed=0, path=path)  # failed runs stay failed without retry_failed
+    assert len(fixed.calls) == 2 + 5 and kept["correlations"]["score"]["n"] == 2
+    retried = Scripted(lambda s: s)
+    data = run_fidelity(retried, ARCHS, 2, 8, seed=0, path=path, retry_failed=True)
+    assert [e for _, e, _ in retried.calls] == [2, 2, 2]  # their long runs trained in the second call
+    assert data["correlations"]["score"]["n"] == 5
 
 
 def test_rank_correlation_needs_two_finite_pairs():

@@ -152,3 +152,20 @@ def test_a_search_stopped_by_missing_data_can_simply_be_started_again(tiny_face_
     fixed = parse_config({**tiny_face_config_data, "run": {"executor": "inline", "out": str(out)}})
     run = search_from_config(fixed)  # another source: the fingerprint differs, but nothing was kept to protect
     assert run.records[0].index == 0 and [r.status for r in run.records] == ["finished"] * len(run.records)
+
+
+def test_the_fingerprint_ignores_unset_keys_and_follows_set_ones(tiny_face_config_data):
+    from facenas.config import parse_config
+    from facenas.search.run import fingerprint, fingerprint_data
+
+    base = parse_config(tiny_face_config_data)
+    assert base.faces.data.test_pairs_per_fold is None and base.search.noise.std is None
+
+    def values(tree):
+        return [x for v in tree.values() for x in (values(v) if isinstance(v, dict) else [v])]
+
+    # a key a later version adds, unset (None), must not change the hash and orphan runs resumed after the upgrade
+    assert None not in values(fingerprint_data(base)) and values(fingerprint_data(base))
+    data = {**tiny_face_config_data, "faces": {**tiny_face_config_data["faces"], "data": {
+        **tiny_face_config_data["faces"]["data"], "test_pairs_per_fold": 7}}}
+    assert fingerprint(parse_config(data)) != fingerprint(base)

@@ -67,6 +67,9 @@ def test_test_identities_are_apart_from_training_and_the_search(tiny_face_config
     assert [len(n) for n in names] == [15, 10, 5]
     assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
     assert len(splits.test_pairs) > 0 and "5 test identities" in splits.description
+    data = _config(tiny_face_config_data).faces.data
+    more = load_face_splits(data.model_copy(update={"test_pairs_per_fold": 2 * data.heldout_pairs_per_fold}), 0)
+    assert len(more.test_pairs) > len(splits.test_pairs) and len(more.pairs) == len(splits.pairs)
 
 
 def test_the_evaluator_scores_with_the_configured_measure_and_reduction(tiny_face_config_data):

@@ -96,7 +96,8 @@ def load_face_splits(cfg: FaceDataConfig, seed: int) -> FaceSplits:
         tested = materialize(source, _items(source.labels, test_ids, cfg.max_images_per_identity, seed + 2), prep,
                              skip_bad=cfg.skip_bad)
         test = tested.faces
-        test_pairs = pairs_from_faces(test, cfg.heldout_pairs_per_fold, folds=cfg.pair_folds, seed=seed + 2,
+        test_pairs = pairs_from_faces(test, cfg.test_pairs_per_fold or cfg.heldout_pairs_per_fold,
+                                      folds=cfg.pair_folds, seed=seed + 2,
                                       name="test")
         problems += tuple(tested.problems)
     tested_text = f", {test.num_identities} test identities -> {len(test_pairs)} pairs" if test is not None else ""
