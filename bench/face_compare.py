@@ -10,9 +10,10 @@ resumes from its checkpoint, so the same command continues a killed comparison.
     python bench/face_compare.py --arch runs/search-lfw-dev/best_arch.json \
         -c configs/train/faces-lfw-dev-compare.yaml --face-source ../shared/data/lfw-dev/images
 
-Prints and writes bench/results/face_compare-<config name>.json: every training (test accuracy, its 10-fold std,
-AUC, TAR@FAR, held-out accuracy, wall time), per model the mean and standard error over seeds, and the search's
-result against each baseline (difference of means with the standard error of the difference, Welch).
+Prints and writes bench/results/face_compare-<config name>.json: every training (test accuracy and its standard
+error over the 10 folds, AUC, EER, TAR@FAR, held-out accuracy, wall time), per model the mean and standard error
+over seeds, and the search's result against each baseline (difference of means with the standard error of the
+difference, Welch).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import numpy as np
 from facenas.config import Config, Rules, SearchSpec, config_data, decision_rules, parse_config
 from facenas.errors import JournalError
 from facenas.search.journal import CandidateRecord, SQLiteJournal
-from facenas.search.run import RunPaths
+from facenas.search.run import RunPaths, score_description
 from facenas.search.strategy import PHASES, Candidate, Done, HistoryMismatch, Outcome, SearchResult, next_step, search
 from facenas.space.arch import OP_NAMES, Profile
 
@@ -247,19 +247,6 @@ def load_run(root: str | Path) -> RunReport:
             raise JournalError(f"{paths.journal} does not follow {paths.config.name} ({exc})") from None
         result, nxt = (step.result, None) if isinstance(step, Done) else (None, step.candidate)
     return RunReport(paths.root, config, meta, summary, records, decisions(config.search, records), result, nxt)
-
-
-def score_description(config: Config) -> str:
-    """What a candidate's score is, in words, for the report's reader."""
-    if config.task == "faces":
-        s = config.faces.score
-        reduce = {"max": "the best epoch", "last": "the last epoch",
-                  "mean_last": f"the mean of the last {s.last_k} epochs"}[s.reduce]
-        metric = f"TAR at FAR {s.far:g}" if s.metric == "tar" else s.metric
-        return (f"{metric} on {s.pairs} pairs of {config.faces.data.heldout_identities} held-out identities, "
-                f"{reduce}")
-    split = "the test split (protocol paper)" if config.data.protocol == "paper" else "a held-out validation split"
-    return f"accuracy (%) on {split}, the best epoch"
 
 
 def rules_description(spec: SearchSpec) -> str:

@@ -210,6 +210,19 @@ def open_journal(config: Config, resume: bool, evaluator_info: dict[str, Any]) -
     return journal, len(journal.completed()), interrupted
 
 
+def score_description(config: Config) -> str:
+    """What a candidate's score is, in words, for the report's reader."""
+    if config.task == "faces":
+        s = config.faces.score
+        reduce = {"max": "the best epoch", "last": "the last epoch",
+                  "mean_last": f"the mean of the last {s.last_k} epochs"}[s.reduce]
+        metric = f"TAR at FAR {s.far:g}" if s.metric == "tar" else s.metric
+        return (f"{metric} on {s.pairs} pairs of {config.faces.data.heldout_identities} held-out identities, "
+                f"{reduce}")
+    split = "the test split (protocol paper)" if config.data.protocol == "paper" else "a held-out validation split"
+    return f"accuracy (%) on {split}, the best epoch"
+
+
 def write_outputs(config: Config, result: SearchResult, records: list[CandidateRecord],
                   evaluator_info: dict[str, Any], elapsed_s: float) -> dict[str, Any]:
     """`best_arch.json` (the architecture, loadable by `facenas train-final`) and `summary.json`."""
@@ -224,8 +237,7 @@ def write_outputs(config: Config, result: SearchResult, records: list[CandidateR
         p["wall_s"] += r.wall_s or 0.0
         p["epochs"] += r.candidate.epochs
     if config.task == "faces":
-        s = config.faces.score
-        dataset, protocol = config.faces.data.source, f"held-out identities, verification {s.metric} on {s.pairs} pairs"
+        dataset, protocol = config.faces.data.source, score_description(config)
     else:
         dataset, protocol = config.data.dataset, config.data.protocol
     summary = {
