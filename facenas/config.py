@@ -398,6 +398,18 @@ class FinalConfig(_Section):
     checkpoint_every: int = Field(1, ge=1, description="epochs between resumable checkpoints")
 
 
+class RayConfig(_Section):
+    """A search on a Ray cluster (`run.executor: ray`): each candidate is a Ray task with these resources."""
+
+    address: Optional[str] = Field(
+        None, description="a running cluster to join (e.g. 10.0.0.1:6379, or auto); unset: start a local cluster")
+    cpus_per_candidate: float = Field(1.0, gt=0, description="CPUs each candidate's task reserves (its torch threads)")
+    gpus_per_candidate: float = Field(0.0, ge=0, description="GPUs each candidate's task reserves (0.5: two share one)")
+    max_retries: int = Field(3, ge=0, description="times a candidate is retried when its worker or node dies")
+    num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of the local cluster ray.init() starts (default: "
+                                                            "all); ignored with an address")
+
+
 class RunConfig(_Section):
     out: Optional[str] = Field(None, description="run directory (default: runs/<name>)")
     resume: bool = Field(False, description="continue the run in `out` where it stopped")
@@ -406,9 +418,20 @@ class RunConfig(_Section):
     max_consecutive_failures: int = Field(
         5, ge=0, description="stop the search when this many candidates in a row fail (a broken setup rather than "
                              "bad candidates); 0 never stops")
-    executor: Literal["subprocess", "inline"] = Field(
+    executor: Literal["subprocess", "inline", "ray"] = Field(
         "subprocess", description="subprocess: each candidate in a child process so memory cannot leak; inline: "
-                                  "in this process (debugging)")
+                                  "in this process (debugging); ray: each candidate a Ray task (run.ray)")
+    workers: int = Field(
+        1, ge=1, description="candidates trained at once: the scheduler trains ahead of the strategy on idle "
+                             "workers (speculatively) and the path and result stay those of a serial run")
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _workers_need_processes(self) -> "RunConfig":
+        if self.executor == "inline" and self.workers > 1:
+            raise ValueError(f"run.executor = inline trains one candidate at a time in this process; with "
+                             f"run.workers = {self.workers} use run.executor = subprocess (local) or ray")
+        return self
 
 
 class Config(_Section):

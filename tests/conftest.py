@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Small real files shipped with the tests (tests/data/golden/README.md), so that every test runs on any clone.
 GOLDEN = ROOT / "tests" / "data" / "golden"
 REPLAY_LOGS = sorted((GOLDEN / "egnas-replay").glob("*.json"))  # two of the authors' search runs
+TIMED_RUNS = sorted((GOLDEN / "egnas-runs").glob("*.json"))  # ten authors' runs with their time stamps
 assert len(REPLAY_LOGS) == 2, "tests/data/golden/egnas-replay/ must hold the authors' two search logs"
 ORL_SAMPLE = GOLDEN / "orl-sample"  # 12 real ORL subjects x 10 images
 MNIST_SAMPLE = GOLDEN / "mnist-sample"  # the first 1,000 MNIST test images, IDX format

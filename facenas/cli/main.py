@@ -78,7 +78,12 @@ def search(
     seed: Optional[int] = typer.Option(None, help="seed: the run's seed (default from the config, 0)"),
     device: Optional[str] = typer.Option(None, help="train.device (faces.train.device for a face config): auto, "
                                                     "cpu, cuda, cuda:N"),
-    executor: Optional[str] = typer.Option(None, help="run.executor: subprocess (default) or inline"),
+    executor: Optional[str] = typer.Option(None, help="run.executor: subprocess (default), inline or ray"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1,
+                                          help="run.workers: candidates trained at once, ahead of the strategy where "
+                                               "needed (same path and result as one worker)"),
+    ray_address: Optional[str] = typer.Option(None, help="run.ray.address: join this Ray cluster (with --executor "
+                                                         "ray; default: start a local one)"),
     download: Optional[bool] = typer.Option(None, "--download/--no-download",
                                             help="data.download: fetch torchvision datasets if missing"),
     sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE",
@@ -91,7 +96,8 @@ def search(
         "data.root": str(data_root) if data_root else None, "faces.data.source": face_source,
         "run.out": str(out_dir) if out_dir else None,
         "run.resume": resume or None, "run.retry_failed": retry_failed or None, "seed": seed,
-        "run.executor": executor, "data.download": download}, {("train.device", "faces.train.device"): device})
+        "run.executor": executor, "run.workers": workers, "run.ray.address": ray_address,
+        "data.download": download}, {("train.device", "faces.train.device"): device})
     from facenas.cli.progress import RichSearchEvents, print_search_summary
     from facenas.search.run import search_from_config
 
@@ -108,12 +114,14 @@ def search(
 def replay(
     log: Path = typer.Argument(..., help="a log of the authors' runs (egnas-replay JSON or their Searchlog.txt)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a report"),
+    workers: int = typer.Option(1, "--workers", "-w", min=1,
+                                help="simulate this many workers: results arrive in the order of the logged times"),
 ) -> None:
     """Replay an authors' search log through facenas's strategy; exit 0 only on an exact match."""
     from facenas.search.replay import load_log
     from facenas.search.replay import replay as do_replay
 
-    report = run_guarded(lambda: do_replay(load_log(log)))
+    report = run_guarded(lambda: do_replay(load_log(log), workers))
     data = report.to_dict()
     if as_json:
         out.print_json(json.dumps(data))
@@ -121,6 +129,11 @@ def replay(
         status = "[green]exact match[/]" if report.ok else "[red]DIVERGED[/]"
         out.print(f"{log.name}: {status}: {report.candidates_matched}/{len(report.log.candidates)} candidates "
                   f"matched", highlight=False)
+        unit = "s" if report.timed else " units"
+        out.print(f"  {report.workers} worker{'s' if report.workers > 1 else ''}: {report.parallel_seconds:,.0f}{unit} "
+                  f"against {report.serial_seconds:,.0f}{unit} one after another (speedup {report.speedup:.2f}x); "
+                  f"{report.wasted_seconds:,.0f}{unit} spent off the path"
+                  + ("" if report.timed else " (units: epochs x M parameters; the log has no times)"), highlight=False)
         if report.result is not None:
             r = report.result
             out.print(f"  macro: depth {r.macro_depth}, width {r.macro_width}, epochs {r.macro_epochs}; "

@@ -47,20 +47,24 @@ LEGEND = ("one line per candidate: index, phase, depth D, width C, epoch budget 
 
 
 class RichSearchEvents(_Bars, SearchEvents):
-    """A bar for the phase, a bar for the candidate's epochs, and one summary line per candidate."""
+    """A bar for the phase, a bar per candidate in training, and one summary line per candidate on the path.
+
+    With several workers, candidates ahead of the strategy train at the same time, each with its own bar; the
+    summary lines still come in the strategy's order.
+    """
 
     def __init__(self, console: Console) -> None:
         super().__init__(console)
         self.phase: Optional[str] = None
         self.phase_task: Any = None
-        self.cand_task: Any = None
+        self.cand_tasks: dict[tuple, Any] = {}
         self.best: dict[str, float] = {}
 
     def on_resume(self, completed: int, interrupted: int) -> None:
         self.console.print(f"resuming: {completed} candidates already done"
                            + (f", {interrupted} interrupted (restarted from scratch)" if interrupted else ""))
 
-    def on_candidate_start(self, index: int, candidate: Candidate, params: int, macs: int) -> None:
+    def _enter_phase(self, candidate: Candidate) -> None:
         if self.phase is None:
             self.console.print(LEGEND, highlight=False)
         if candidate.phase != self.phase:
@@ -68,20 +72,28 @@ class RichSearchEvents(_Bars, SearchEvents):
                 self.progress.remove_task(self.phase_task)
             self.phase = candidate.phase
             self.phase_task = self.progress.add_task(f"{candidate.phase} phase", total=_phase_total(candidate))
-        if self.cand_task is not None:
-            self.progress.remove_task(self.cand_task)
-        self.cand_task = self.progress.add_task(
+
+    def on_candidate_start(self, index: int, candidate: Candidate, params: int, macs: int) -> None:
+        if self.phase is None:
+            self._enter_phase(candidate)
+        self.cand_tasks[(index, candidate.key())] = self.progress.add_task(
             f"  [{index:3d}] {candidate.arch.short()[:60]} {params / 1e6:.3f}M", total=candidate.epochs)
 
     def on_epoch(self, index: int, candidate: Candidate, epoch: EpochMetrics) -> None:
-        if self.cand_task is not None:
-            self.progress.update(self.cand_task, completed=epoch.epoch + 1,
+        task = self.cand_tasks.get((index, candidate.key()))
+        if task is not None:
+            self.progress.update(task, completed=epoch.epoch + 1,
                                  description=f"  [{index:3d}] {candidate.arch.short()[:60]} val {epoch.val_acc:.2f}")
+
+    def on_candidate_stop(self, index: int, candidate: Candidate, status: str) -> None:
+        task = self.cand_tasks.pop((index, candidate.key()), None)
+        if task is not None:
+            self.progress.remove_task(task)
 
     def on_candidate_end(self, index: int, record: CandidateRecord) -> None:
         c = record.candidate
-        if self.phase_task is not None:
-            self.progress.advance(self.phase_task)
+        self._enter_phase(c)
+        self.progress.advance(self.phase_task)
         if record.status == "failed":
             first = (record.error or "").splitlines()[0] if record.error else "failed"
             self.console.print(f"[{index:3d}] {c.phase:7s} {c.arch.short()}  E={c.epochs}  [red]FAILED[/]: {first}",
@@ -98,10 +110,11 @@ class RichSearchEvents(_Bars, SearchEvents):
             f"{record.train_score or 0:6.2f}  {record.wall_s or 0:6.1f}s{mark}", highlight=False)
 
     def on_done(self, result: SearchResult, records: list[CandidateRecord]) -> None:
-        for task in (self.cand_task, self.phase_task):
+        for task in [*self.cand_tasks.values(), self.phase_task]:
             if task is not None:
                 self.progress.remove_task(task)
-        self.cand_task = self.phase_task = None
+        self.cand_tasks.clear()
+        self.phase_task = None
 
 
 def _pct(value: Optional[float]) -> str:

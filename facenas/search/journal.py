@@ -3,10 +3,14 @@
 A record is written with status `running` before a candidate starts and updated to `finished` or `failed` after
 it ends, each in its own transaction, so a crash or a kill at any moment leaves a journal from which the search
 can continue: finished and failed candidates are not trained again, and a record still `running` is marked
-`interrupted` (kept for the audit trail) and its candidate restarted from scratch. `retry_failed` marks the first
-failed candidate and everything after it `discarded`, so that the search continues from there. Per-epoch metrics are
-written
-as they arrive, for live monitoring. The same class serves replays and tests with the path ":memory:".
+`interrupted` (kept for the audit trail) and its candidate restarted from scratch. Per-epoch metrics are written as
+they arrive, for live monitoring. The same class serves replays and tests with the path ":memory:".
+
+Speculative execution (several candidates training at once, `facenas.search.speculate`) adds one column: `on_path`.
+A candidate is begun off the path and adopted onto it (`adopt`) only when the strategy reaches it in order; until
+then, and for good if the strategy never proposes it, its result is a cached answer that the strategy has not seen.
+Work that stops being needed while it trains is `cancelled`. The history the strategy folds its state from is the
+on-path records only, so a journal of a parallel search reads like that of a serial one.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from facenas.search.evaluator import EpochMetrics, Metrics
 from facenas.search.strategy import Candidate, Outcome
 from facenas.space.arch import Arch
 
-SCHEMA_VERSION = "1"
-STATUSES = ("running", "finished", "failed", "interrupted", "discarded")
+SCHEMA_VERSION = "2"
+STATUSES = ("running", "finished", "failed", "interrupted", "discarded", "cancelled")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -37,14 +41,16 @@ CREATE TABLE IF NOT EXISTS candidates (
     params INTEGER NOT NULL,
     macs INTEGER NOT NULL,
     seed INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'interrupted', 'discarded')),
+    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'interrupted', 'discarded',
+                                           'cancelled')),
     started_at REAL NOT NULL,
     finished_at REAL,
     wall_s REAL,
     score REAL,
     train_score REAL,
     metrics TEXT,
-    error TEXT
+    error TEXT,
+    on_path INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS candidates_idx ON candidates (idx, status);
 CREATE TABLE IF NOT EXISTS epochs (
@@ -55,7 +61,7 @@ CREATE TABLE IF NOT EXISTS epochs (
 );
 """
 _COLUMNS = ("id, idx, phase, arch, epochs, params, macs, seed, status, started_at, finished_at, wall_s, score, "
-            "train_score, metrics, error")
+            "train_score, metrics, error, on_path")
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,7 @@ class CandidateRecord:
     train_score: Optional[float]
     metrics: Optional[Metrics]
     error: Optional[str]
+    on_path: bool = True
 
     @property
     def outcome(self) -> Outcome:
@@ -89,6 +96,7 @@ class CandidateRecord:
             "arch": self.candidate.arch.to_dict(), "params": self.params, "macs": self.macs, "seed": self.seed,
             "status": self.status, "wall_s": self.wall_s, "score": self.score, "train_score": self.train_score,
             "metrics": self.metrics.to_dict() if self.metrics else None, "error": self.error,
+            "on_path": self.on_path,
         }
 
 
@@ -101,11 +109,29 @@ class SQLiteJournal:
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{self.path}: not a usable facenas journal ({exc})") from exc
 
     # -- plumbing -------------------------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        """Bring a journal written by facenas before speculative execution to this schema: the candidates table
+        gains `on_path` (every old record is on the path) and the `cancelled` status. SQLite cannot alter a CHECK
+        constraint, so the table is copied (ids kept, so the epochs table still points at its candidates)."""
+        row = self._db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'candidates'").fetchone()
+        if row is None or "on_path" in row[0]:
+            return
+        old_columns = _COLUMNS.rsplit(", on_path", 1)[0]
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("ALTER TABLE candidates RENAME TO candidates_v1")
+            self._db.execute("DROP INDEX IF EXISTS candidates_idx")
+            self._db.executescript(_SCHEMA.split("CREATE TABLE IF NOT EXISTS epochs")[0].replace(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);", ""))
+            self._db.execute(f"INSERT INTO candidates ({old_columns}) SELECT {old_columns} FROM candidates_v1")
+            self._db.execute("DROP TABLE candidates_v1")
+
     def close(self) -> None:
         self._db.close()
 
@@ -132,12 +158,31 @@ class SQLiteJournal:
         return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
 
     # -- candidates -----------------------------------------------------------------------------------------
-    def begin(self, index: int, candidate: Candidate, *, params: int, macs: int, seed: int) -> int:
+    def begin(self, index: int, candidate: Candidate, *, params: int, macs: int, seed: int,
+              on_path: bool = True) -> int:
+        """Record a candidate as running; a scheduler that trains ahead of the strategy begins it off the path."""
         return self._write(
-            "INSERT INTO candidates (idx, phase, arch, epochs, params, macs, seed, status, started_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
-            (index, candidate.phase, candidate.arch.to_json(), candidate.epochs, params, macs, seed, time.time()),
+            "INSERT INTO candidates (idx, phase, arch, epochs, params, macs, seed, status, started_at, on_path) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+            (index, candidate.phase, candidate.arch.to_json(), candidate.epochs, params, macs, seed, time.time(),
+             int(on_path)),
         )
+
+    def adopt(self, record_id: int) -> None:
+        """Put a finished (or failed) candidate on the path: the strategy has reached it and now sees its outcome."""
+        self._write("UPDATE candidates SET on_path = 1 WHERE id = ? AND status IN ('finished', 'failed')",
+                    (record_id,))
+
+    def cancel(self, record_id: int) -> None:
+        """A running candidate that the search no longer needs was stopped."""
+        self._write("UPDATE candidates SET status = 'cancelled', finished_at = ?, wall_s = ? - started_at "
+                    "WHERE id = ? AND status = 'running'", (time.time(), time.time(), record_id))
+
+    def off_path(self) -> list["CandidateRecord"]:
+        """Finished and failed candidates the strategy has not reached: results a scheduler may still adopt."""
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM candidates WHERE on_path = 0 AND status IN "
+                                "('finished', 'failed') ORDER BY idx, id").fetchall()
+        return [self._record(row) for row in rows]
 
     def log_epoch(self, record_id: int, epoch: EpochMetrics) -> None:
         self._write("INSERT OR REPLACE INTO epochs (candidate_id, epoch, data) VALUES (?, ?, ?)",
@@ -187,18 +232,23 @@ class SQLiteJournal:
         return cur.rowcount
 
     def retry_failed(self) -> int:
-        """Discard the first failed candidate and all later ones, so they are trained again; returns how many.
+        """Train failed candidates again: discard every failed one (so it is trained anew) and take the candidates
+        after the first failure on the path off it; returns how many records changed.
 
-        Later candidates must go too: the strategy chose them knowing that the failed one had failed.
+        The strategy chose the later candidates knowing that the failed one had failed, so they leave the path; their
+        results stay in the journal, off the path, and are adopted again without training wherever the strategy
+        proposes the same candidate at the same place (its seed depends only on that place).
         """
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            first = self._db.execute("SELECT MIN(idx) FROM candidates WHERE status = 'failed'").fetchone()[0]
+            first = self._db.execute("SELECT MIN(idx) FROM candidates WHERE status = 'failed' AND on_path = 1"
+                                     ).fetchone()[0]
+            discarded = self._db.execute("UPDATE candidates SET status = 'discarded' WHERE status = 'failed'").rowcount
             if first is None:
-                return 0
-            cur = self._db.execute("UPDATE candidates SET status = 'discarded' WHERE idx >= ? AND status IN "
-                                   "('finished', 'failed')", (first,))
-        return cur.rowcount
+                return discarded
+            moved = self._db.execute("UPDATE candidates SET on_path = 0 WHERE idx > ? AND on_path = 1 AND status = "
+                                     "'finished'", (first,)).rowcount
+        return discarded + moved
 
     def records(self, statuses: tuple[str, ...] = STATUSES) -> list[CandidateRecord]:
         marks = ",".join("?" * len(statuses))
@@ -219,8 +269,9 @@ class SQLiteJournal:
         return [EpochMetrics.from_dict(json.loads(r[0])) for r in rows]
 
     def completed(self) -> list[CandidateRecord]:
-        """Finished and failed candidates in search order: the history the strategy folds its state from."""
-        records = self.records(("finished", "failed"))
+        """Finished and failed candidates on the path, in search order: the history the strategy folds its state
+        from."""
+        records = [r for r in self.records(("finished", "failed")) if r.on_path]
         for expected, record in enumerate(records):
             if record.index != expected:
                 raise JournalError(
@@ -238,10 +289,10 @@ class SQLiteJournal:
     @staticmethod
     def _record(row: tuple[Any, ...]) -> CandidateRecord:
         (rid, idx, phase, arch, epochs, params, macs, seed, status, started, finished, wall, score, train,
-         metrics, error) = row
+         metrics, error, on_path) = row
         candidate = Candidate(phase, Arch.from_json(arch), epochs)
         return CandidateRecord(
             id=rid, index=idx, candidate=candidate, params=params, macs=macs, seed=seed, status=status,
             started_at=started, finished_at=finished, wall_s=wall, score=score, train_score=train,
-            metrics=Metrics.from_dict(json.loads(metrics)) if metrics else None, error=error,
+            metrics=Metrics.from_dict(json.loads(metrics)) if metrics else None, error=error, on_path=bool(on_path),
         )

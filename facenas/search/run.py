@@ -16,17 +16,18 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
 from facenas import __version__
 from facenas.config import Config, SearchSpec, resolved_dict, to_yaml
-from facenas.errors import FacenasError, JournalError, SearchAborted
+from facenas.errors import JournalError, SearchAborted
 from facenas.search.evaluator import EpochMetrics, Evaluator
-from facenas.search.executor import CandidateFailed, Executor
+from facenas.search.executor import CandidateFailed, Executor, Pool, SerialPool, Task
 from facenas.search.journal import CandidateRecord, SQLiteJournal
-from facenas.search.strategy import Candidate, Done, HistoryMismatch, Outcome, SearchResult, next_step
+from facenas.search.speculate import TaskKey, plan, task_key
+from facenas.search.strategy import Candidate, Done, HistoryMismatch, SearchResult
 from facenas.space.arch import Profile
 from facenas.space.count import count_macs, count_params
 
@@ -38,13 +39,20 @@ SUMMARY_FILE = "summary.json"
 
 
 class SearchEvents:
-    """Progress hooks; every method is a no-op so a subclass overrides only what it shows."""
+    """Progress hooks; every method is a no-op so a subclass overrides only what it shows.
+
+    With several workers, candidates start and stop in any order, some ahead of the strategy (speculatively);
+    `on_candidate_end` still comes once per candidate on the path, in the strategy's order.
+    """
 
     def on_resume(self, completed: int, interrupted: int) -> None: ...
 
     def on_candidate_start(self, index: int, candidate: Candidate, params: int, macs: int) -> None: ...
 
     def on_epoch(self, index: int, candidate: Candidate, epoch: EpochMetrics) -> None: ...
+
+    def on_candidate_stop(self, index: int, candidate: Candidate, status: str) -> None:
+        """A training ended: finished, failed or cancelled (no longer needed)."""
 
     def on_candidate_end(self, index: int, record: CandidateRecord) -> None: ...
 
@@ -54,67 +62,104 @@ class SearchEvents:
 def candidate_seed(run_seed: int, index: int) -> int:
     """A per-candidate seed that depends only on the run seed and the candidate's place in the search.
 
-    So a resumed run trains candidate i exactly as an uninterrupted run would.
+    So a resumed run trains candidate i exactly as an uninterrupted run would, and a candidate trained ahead of the
+    strategy (speculatively) exactly as it would be trained when the strategy reaches it.
     """
     return int(np.random.SeedSequence([run_seed, index]).generate_state(1)[0])
 
 
+def _as_pool(evaluator: Evaluator, executor: Union[Executor, Pool]) -> Pool:
+    return executor if hasattr(executor, "submit") else SerialPool(evaluator, executor)  # type: ignore[arg-type]
+
+
 def run_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, journal: SQLiteJournal,
-               executor: Executor, *, seed: int, events: Optional[SearchEvents] = None,
+               executor: Union[Executor, Pool], *, seed: int, events: Optional[SearchEvents] = None,
                max_consecutive_failures: int = 0) -> SearchResult:
     """Run (or continue) a search until the strategy is done; returns its result.
 
-    With `max_consecutive_failures` > 0 the search stops (`SearchAborted`) after that many failures in a row:
-    that is a broken setup (a missing library, a full disk) rather than bad candidates, and training on would
+    `executor` trains one candidate at a time, or is a `Pool` whose free slots the speculative scheduler
+    (`facenas.search.speculate`) fills with the candidates most likely to be needed. Either way the strategy sees
+    results in its own order, so the path and the result do not depend on the number of workers.
+
+    With `max_consecutive_failures` > 0 the search stops (`SearchAborted`) after that many failures in a row on the
+    path: that is a broken setup (a missing library, a full disk) rather than bad candidates, and training on would
     only fill the journal with failures.
     """
     events = events or SearchEvents()
+    pool = _as_pool(evaluator, executor)
     history = journal.history()
+    known = {task_key(r.index, r.candidate): r for r in journal.off_path()}
+    running: dict[TaskKey, Task] = {}
     failures_in_a_row, last_error = 0, ""
-    while True:
-        try:
-            step = next_step(spec, profile, history)
-        except HistoryMismatch as exc:
-            raise JournalError(
-                f"{journal.path}: the journal does not follow this search configuration ({exc}); resume with the "
-                "config the run started with, or start a new run directory"
-            ) from None
-        if isinstance(step, Done):
-            events.on_done(step.result, journal.completed())
-            return step.result
-        candidate, index = step.candidate, step.index
-        params, macs = count_params(candidate.arch), count_macs(candidate.arch)
-        cseed = candidate_seed(seed, index)
-        record_id = journal.begin(index, candidate, params=params, macs=macs, seed=cseed)
-        events.on_candidate_start(index, candidate, params, macs)
 
-        def on_epoch(epoch: EpochMetrics, _id: int = record_id, _c: Candidate = candidate, _i: int = index) -> None:
-            journal.log_epoch(_id, epoch)
-            events.on_epoch(_i, _c, epoch)
+    def on_epoch(task: Task, epoch: EpochMetrics) -> None:
+        journal.log_epoch(task.id, epoch)
+        events.on_epoch(task.index, task.candidate, epoch)
 
-        try:
-            metrics = executor.run(evaluator, candidate.arch, candidate.epochs, seed=cseed, on_epoch=on_epoch)
-        except FacenasError:
-            # missing data, a bad config: no candidate can get past it, and this one never trained
-            journal.abandon(record_id)
-            raise
-        except CandidateFailed as failure:
-            log.warning("candidate %d failed: %s", index, failure.error.splitlines()[0])
-            journal.fail(record_id, failure.error, failure.wall_s)
-            outcome = Outcome.failure()
-            failures_in_a_row += 1
-            last_error = failure.error.splitlines()[0]
-        else:
-            journal.finish(record_id, metrics)
-            outcome = Outcome(metrics.score, metrics.best_train)
-            failures_in_a_row = 0
-        history.append((candidate, outcome))
-        events.on_candidate_end(index, journal.record(record_id))
-        if max_consecutive_failures and failures_in_a_row >= max_consecutive_failures:
-            raise SearchAborted(
-                f"{failures_in_a_row} candidates in a row failed (the last: {last_error}); this looks like a broken "
-                "setup rather than bad candidates. "
-                f"Fix the cause, then run the same command with --resume --retry-failed")
+    try:
+        while True:
+            try:
+                step = plan(spec, profile, history, {k: r.outcome for k, r in known.items()}, running, pool.slots)
+            except HistoryMismatch as exc:
+                raise JournalError(
+                    f"{journal.path}: the journal does not follow this search configuration ({exc}); resume with the "
+                    "config the run started with, or start a new run directory"
+                ) from None
+            head = step.step
+            if not isinstance(head, Done) and task_key(head.index, head.candidate) in known:
+                # the strategy has reached a result it has: adopt it onto the path and look again
+                record = known.pop(task_key(head.index, head.candidate))
+                journal.adopt(record.id)
+                history.append((record.candidate, record.outcome))
+                events.on_candidate_end(head.index, journal.record(record.id))
+                if record.status == "failed":
+                    log.warning("candidate %d failed: %s", head.index, (record.error or "").splitlines()[0])
+                    failures_in_a_row += 1
+                    last_error = (record.error or "").splitlines()[0] if record.error else "failed"
+                else:
+                    failures_in_a_row = 0
+                if max_consecutive_failures and failures_in_a_row >= max_consecutive_failures:
+                    raise SearchAborted(
+                        f"{failures_in_a_row} candidates in a row failed (the last: {last_error}); this looks like a "
+                        "broken setup rather than bad candidates. "
+                        "Fix the cause, then run the same command with --resume --retry-failed")
+                continue
+            for key in step.cancel:
+                task = running.pop(key)
+                pool.cancel(task.id)
+                journal.cancel(task.id)
+                events.on_candidate_stop(task.index, task.candidate, "cancelled")
+            if isinstance(head, Done):
+                events.on_done(head.result, journal.completed())
+                return head.result
+            for index, candidate in step.launch:
+                params, macs = count_params(candidate.arch), count_macs(candidate.arch)
+                cseed = candidate_seed(seed, index)
+                task = Task(journal.begin(index, candidate, params=params, macs=macs, seed=cseed, on_path=False),
+                            index, candidate, cseed)
+                running[task_key(index, candidate)] = task
+                events.on_candidate_start(index, candidate, params, macs)
+                pool.submit(task)
+            for done in pool.wait(on_epoch):
+                task, result = done.task, done.result
+                running.pop(task_key(task.index, task.candidate), None)
+                if isinstance(result, CandidateFailed):
+                    log.debug("candidate %d failed: %s", task.index, result.error.splitlines()[0])
+                    journal.fail(task.id, result.error, result.wall_s)
+                    status = "failed"
+                elif isinstance(result, BaseException):
+                    # missing data, a bad config: no candidate can get past it, and this one never trained
+                    journal.abandon(task.id)
+                    raise result
+                else:
+                    journal.finish(task.id, result)
+                    status = "finished"
+                events.on_candidate_stop(task.index, task.candidate, status)
+                known[task_key(task.index, task.candidate)] = journal.record(task.id)
+    finally:
+        # stopped by an error or Ctrl-C: the work in flight stops, and its records stay `running` so that a resume
+        # reports them interrupted and trains them again as it would a serial run's
+        pool.close()
 
 
 # -- run directories ---------------------------------------------------------------------------------------------
@@ -224,7 +269,8 @@ def score_description(config: Config) -> str:
 
 
 def write_outputs(config: Config, result: SearchResult, records: list[CandidateRecord],
-                  evaluator_info: dict[str, Any], elapsed_s: float) -> dict[str, Any]:
+                  evaluator_info: dict[str, Any], elapsed_s: float,
+                  extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """`best_arch.json` (the architecture, loadable by `facenas train-final`) and `summary.json`."""
     paths = RunPaths(config.out_dir())
     arch = result.arch
@@ -246,7 +292,7 @@ def write_outputs(config: Config, result: SearchResult, records: list[CandidateR
         "params": count_params(arch), "macs": count_macs(arch), "candidates": len(records),
         "failed": sum(r.status == "failed" for r in records), "phases": phases,
         "candidate_wall_s": sum(r.wall_s or 0.0 for r in records), "session_wall_s": elapsed_s,
-        "facenas_version": __version__,
+        "facenas_version": __version__, **(extra or {}),
     }
     paths.summary.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -264,7 +310,7 @@ def search_from_config(config: Config, *, events: Optional[SearchEvents] = None,
                        executor: Optional[Executor] = None) -> SearchRun:
     """Run or resume (`run.resume`) the search a config describes, in its run directory."""
     from facenas.search.evaluator import make_task
-    from facenas.search.executor import make_executor
+    from facenas.search.executor import make_pool
 
     began = time.perf_counter()
     if config.task == "faces" and config.search.noise.std is None:
@@ -277,12 +323,22 @@ def search_from_config(config: Config, *, events: Optional[SearchEvents] = None,
     with journal:
         if events is not None and (completed or interrupted):
             events.on_resume(completed, interrupted)
-        executor = executor or make_executor(config.run.executor, evaluator)
+        if executor is None:
+            train = config.faces.train if config.task == "faces" else config.train
+            executor = make_pool(config.run, evaluator, train.threads, train.device)
         result = run_search(config.search, profile, evaluator, journal, executor, seed=config.seed, events=events,
                             max_consecutive_failures=config.run.max_consecutive_failures)
         records = journal.records()
-    completed_records = [r for r in records if r.status in ("finished", "failed")]
-    summary = write_outputs(config, result, completed_records, info, time.perf_counter() - began)
-    summary["interrupted_attempts"] = sum(r.status == "interrupted" for r in records)
-    summary["discarded_attempts"] = sum(r.status == "discarded" for r in records)
+    completed_records = [r for r in records if r.status in ("finished", "failed") and r.on_path]
+    # speculative work (run.workers > 1) that the strategy never reached: trained to the end, or cancelled on the way
+    ahead = [r for r in records if not r.on_path and r.status in ("finished", "failed", "cancelled")]
+    attempts = {
+        "interrupted_attempts": sum(r.status == "interrupted" for r in records),
+        "discarded_attempts": sum(r.status == "discarded" for r in records),
+        "workers": config.run.workers, "executor": config.run.executor,
+        "off_path": {"finished": sum(r.status != "cancelled" for r in ahead),
+                     "cancelled": sum(r.status == "cancelled" for r in ahead),
+                     "wall_s": round(sum(r.wall_s or 0.0 for r in ahead), 3)},
+    }
+    summary = write_outputs(config, result, completed_records, info, time.perf_counter() - began, attempts)
     return SearchRun(result, summary, completed_records, RunPaths(config.out_dir()))

@@ -23,6 +23,7 @@ macro phases and is reverted in the micro phases.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Generator, Sequence, Union
 
@@ -45,9 +46,12 @@ class Candidate:
 
     def same_as(self, other: "Candidate") -> bool:
         """Equal as a proposal: phase, epochs, width, depth, ops and kernels (the profile is the run's)."""
-        return (self.phase == other.phase and self.epochs == other.epochs
-                and self.arch.width == other.arch.width and self.arch.depth == other.arch.depth
-                and self.arch.ops == other.arch.ops and self.arch.kernels == other.arch.kernels)
+        return self.key() == other.key()
+
+    def key(self) -> tuple:
+        """What `same_as` compares, as a hashable value."""
+        a = self.arch
+        return self.phase, self.epochs, a.width, a.depth, a.ops, a.kernels
 
     def describe(self) -> str:
         return f"{self.phase} E={self.epochs} {self.arch.short()}"
@@ -92,6 +96,7 @@ class SearchResult:
 class Propose:
     candidate: Candidate
     index: int
+    judge: "Judge"
 
 
 @dataclass(frozen=True)
@@ -115,11 +120,15 @@ class HistoryMismatch(Exception):
         super().__init__(f"candidate {index}: strategy proposes {p}, history has {r}")
 
 
+@dataclass(frozen=True)
 class _Scores:
     """Score arithmetic in the dtype the spec asks for (float32 by default, as the authors' tensors)."""
 
-    def __init__(self, dtype: str) -> None:
-        self.t = np.float32 if dtype == "float32" else np.float64
+    dtype: str
+
+    @property
+    def t(self) -> type:
+        return np.float32 if self.dtype == "float32" else np.float64
 
     def __call__(self, value: float) -> np.floating:
         return self.t(value)
@@ -131,8 +140,103 @@ class _Scores:
         return self.t(0.0) if outcome.failed or outcome.train_score is None else self.t(outcome.train_score)
 
 
+# -- judges: how the strategy will read a candidate's outcome ---------------------------------------------------
+#
+# Every candidate is proposed with the judge that will read its outcome. The strategy branches on the judge's
+# verdict, so the judge is the one place where its comparisons live; and `probes` gives one outcome that reaches
+# each verdict, which lets a scheduler ask the strategy what it would propose next under every outcome that matters
+# before the outcome is known (speculative execution, `facenas.search.speculate`).
+
+MEASURED, ACCEPT, KEEP, FAIL, REJECT = "measured", "accept", "keep", "fail", "reject"
+
+
+@dataclass(frozen=True)
+class Judge:
+    """A candidate that is only measured (the first of a phase): every outcome is `measured`."""
+
+    kind: str
+    scores: _Scores
+
+    def verdict(self, outcome: Outcome) -> str:
+        return MEASURED
+
+    def _raw_probes(self) -> dict[str, Outcome]:
+        return {MEASURED: Outcome(0.0)}
+
+    def probes(self) -> dict[str, Outcome]:
+        """One outcome per reachable verdict (a probe whose verdict differs, e.g. with zero tolerances, is left out)."""
+        return {label: o for label, o in self._raw_probes().items() if self.verdict(o) == label}
+
+
+@dataclass(frozen=True)
+class DepthJudge(Judge):
+    """Deeper net: accepted on a clear gain, kept going within the drop tolerance, else a failure."""
+
+    best: np.floating
+    gain: float
+    drop: float
+
+    def verdict(self, outcome: Outcome) -> str:
+        val = self.scores.of(outcome)
+        if not outcome.failed and val >= self.best + self.scores(self.gain):
+            return ACCEPT
+        if not outcome.failed and val >= self.best - self.scores(self.drop):
+            return KEEP
+        return FAIL
+
+    def _raw_probes(self) -> dict[str, Outcome]:
+        s = self.scores
+        return {ACCEPT: Outcome(float(self.best + s(self.gain))), KEEP: Outcome(float(self.best - s(self.drop))),
+                FAIL: Outcome.failure()}
+
+
+@dataclass(frozen=True)
+class WidthJudge(Judge):
+    """Narrower net: accepted when it loses no more than the tolerance, else a failure."""
+
+    best: np.floating
+    tolerance: float
+
+    def verdict(self, outcome: Outcome) -> str:
+        if not outcome.failed and self.scores.of(outcome) >= self.best - self.scores(self.tolerance):
+            return ACCEPT
+        return FAIL
+
+    def _raw_probes(self) -> dict[str, Outcome]:
+        return {ACCEPT: Outcome(float(self.best - self.scores(self.tolerance))), FAIL: Outcome.failure()}
+
+
+@dataclass(frozen=True)
+class MicroJudge(Judge):
+    """One micro change: kept only on a gain above the current net's score (strictly), else reverted."""
+
+    current: np.floating
+    gain: float
+
+    def verdict(self, outcome: Outcome) -> str:
+        if not outcome.failed and self.scores.of(outcome) > self.current + self.scores(self.gain):
+            return ACCEPT
+        return REJECT
+
+    def _raw_probes(self) -> dict[str, Outcome]:
+        bar = self.current + self.scores(self.gain)
+        return {ACCEPT: Outcome(float(np.nextafter(bar, self.scores(np.inf)))), REJECT: Outcome.failure()}
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """What the strategy yields: the candidate and the judge of its outcome."""
+
+    candidate: Candidate
+    judge: Judge
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def _match_params(arch: Arch, budget_m: float, slack_m: float) -> Arch | None:
-    """Lower the width one channel at a time until params <= budget + slack (float64 millions, as the authors)."""
+    """Lower the width one channel at a time until params <= budget + slack (float64 millions, as the authors).
+
+    Memoised: a speculative scheduler walks the strategy over many hypothetical histories that share prefixes.
+    """
     width = arch.width
     while params_m(arch.with_width(width)) > budget_m + slack_m:
         width -= 1
@@ -147,8 +251,9 @@ def _as_float(x: np.floating | None) -> float | None:
     return float(x)
 
 
-def search(spec: SearchSpec, profile: Profile) -> Generator[Candidate, Outcome, SearchResult]:
-    """The whole search as a coroutine: yields candidates, receives outcomes, returns the result."""
+def search(spec: SearchSpec, profile: Profile) -> Generator[Proposal, Outcome, SearchResult]:
+    """The whole search as a coroutine: yields proposals (candidate and judge), receives outcomes, returns the
+    result."""
     s = _Scores(spec.score_dtype)
     d, w, m = spec.depth, spec.width, spec.micro
     rules = decision_rules(spec)
@@ -156,7 +261,7 @@ def search(spec: SearchSpec, profile: Profile) -> Generator[Candidate, Outcome, 
     # -- 1. depth ---------------------------------------------------------------------------------------------
     depth = d.first
     epochs = d.start_epochs
-    out = yield Candidate("depth", Arch.uniform(w.first, depth, profile), epochs)
+    out = yield Proposal(Candidate("depth", Arch.uniform(w.first, depth, profile), epochs), Judge("depth", s))
     best_depth, best_val, best_train = depth, s.of(out), s.train_of(out)
     fails = 0
     target = s(spec.target_accuracy - spec.target_tolerance)
@@ -165,11 +270,12 @@ def search(spec: SearchSpec, profile: Profile) -> Generator[Candidate, Outcome, 
             break
         epochs += d.epoch_step
         depth = min(depth + d.step, d.max)
-        out = yield Candidate("depth", Arch.uniform(w.first, depth, profile), epochs)
-        val = s.of(out)
-        if not out.failed and val >= best_val + s(rules.depth_gain):
-            best_depth, best_val, best_train, fails = depth, val, s.train_of(out), 0
-        elif not out.failed and val >= best_val - s(rules.depth_drop):
+        judge = DepthJudge("depth", s, best_val, rules.depth_gain, rules.depth_drop)
+        out = yield Proposal(Candidate("depth", Arch.uniform(w.first, depth, profile), epochs), judge)
+        verdict = judge.verdict(out)
+        if verdict == ACCEPT:
+            best_depth, best_val, best_train, fails = depth, s.of(out), s.train_of(out), 0
+        elif verdict == KEEP:
             continue
         elif fails != d.break_count:
             fails += 1
@@ -183,10 +289,10 @@ def search(spec: SearchSpec, profile: Profile) -> Generator[Candidate, Outcome, 
     while width > w.min:
         width -= w.step
         epochs += w.epoch_step
-        out = yield Candidate("width", Arch.uniform(width, best_depth, profile), epochs)
-        val = s.of(out)
-        if not out.failed and val >= best_val - s(rules.width_tolerance):
-            best_val, best_train = val, s.train_of(out)
+        judge = WidthJudge("width", s, best_val, rules.width_tolerance)
+        out = yield Proposal(Candidate("width", Arch.uniform(width, best_depth, profile), epochs), judge)
+        if judge.verdict(out) == ACCEPT:
+            best_val, best_train = s.of(out), s.train_of(out)
             macro_width, macro_epochs, fails = width, epochs, 0
         elif fails != w.break_count:
             fails += 1
@@ -202,21 +308,21 @@ def search(spec: SearchSpec, profile: Profile) -> Generator[Candidate, Outcome, 
     current_val = best_val
     if m.ops:
         budget = params_m(macro)
-        out = yield Candidate("ops", macro, m_epochs)
+        out = yield Proposal(Candidate("ops", macro, m_epochs), Judge("ops", s))
         current_val = s.of(out)
         for layer in range(best_depth):
             trial = _match_params(current.with_width(macro_width).with_op(layer, OP_CONV), budget, m.param_slack_m)
             if trial is None:
                 continue
-            out = yield Candidate("ops", trial, m_epochs)
-            val = s.of(out)
-            if not out.failed and val > current_val + s(rules.micro_gain):
-                current, current_val, micro_width = trial, val, trial.width
+            judge = MicroJudge("ops", s, current_val, rules.micro_gain)
+            out = yield Proposal(Candidate("ops", trial, m_epochs), judge)
+            if judge.verdict(out) == ACCEPT:
+                current, current_val, micro_width = trial, s.of(out), trial.width
 
     # -- 4. kernels -------------------------------------------------------------------------------------------
     if m.kernel_pass:
         if not m.ops:
-            out = yield Candidate("kernels", macro, m_epochs)
+            out = yield Proposal(Candidate("kernels", macro, m_epochs), Judge("kernels", s))
             current_val = s.of(out)
         ops_width = micro_width
         base = current.with_width(ops_width)
@@ -229,10 +335,10 @@ def search(spec: SearchSpec, profile: Profile) -> Generator[Candidate, Outcome, 
                 if trial is None:
                     continue
                 trial_width = trial.width
-                out = yield Candidate("kernels", trial, m_epochs)
-                val = s.of(out)
-                if not out.failed and val > current_val + s(rules.micro_gain):
-                    base, current_val, micro_width = base.with_kernel(layer, k), val, trial.width
+                judge = MicroJudge("kernels", s, current_val, rules.micro_gain)
+                out = yield Proposal(Candidate("kernels", trial, m_epochs), judge)
+                if judge.verdict(out) == ACCEPT:
+                    base, current_val, micro_width = base.with_kernel(layer, k), s.of(out), trial.width
 
         current = base
     final = Arch(macro_width, best_depth, current.ops, current.kernels, profile)
@@ -243,23 +349,41 @@ def search(spec: SearchSpec, profile: Profile) -> Generator[Candidate, Outcome, 
     )
 
 
-def next_step(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, Outcome]]) -> Step:
-    """The next candidate after `history` (finished candidates in order), or the result when the search is done.
+@dataclass(frozen=True)
+class Walk:
+    """The strategy walked over a history: the next step, and the verdict it reached on each history entry."""
+
+    step: Step
+    verdicts: tuple[tuple[str, str], ...]  # (judge kind, verdict) per history entry, in order
+
+
+def walk(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, Outcome]]) -> Walk:
+    """Run the strategy over `history` (finished candidates in order): what it proposes next, or its result.
 
     Raises `HistoryMismatch` where the history is not a path this strategy could have taken.
     """
     gen = search(spec, profile)
     consumed = 0
+    verdicts: list[tuple[str, str]] = []
     try:
         proposal = next(gen)
         while consumed < len(history):
             recorded, outcome = history[consumed]
-            if not proposal.same_as(recorded):
-                raise HistoryMismatch(consumed, proposal, recorded)
+            if not proposal.candidate.same_as(recorded):
+                raise HistoryMismatch(consumed, proposal.candidate, recorded)
+            verdicts.append((proposal.judge.kind, proposal.judge.verdict(outcome)))
             consumed += 1
             proposal = gen.send(outcome)
     except StopIteration as stop:
         if consumed < len(history):
             raise HistoryMismatch(consumed, None, history[consumed][0]) from None
-        return Done(stop.value, consumed)
-    return Propose(proposal, consumed)
+        return Walk(Done(stop.value, consumed), tuple(verdicts))
+    return Walk(Propose(proposal.candidate, consumed, proposal.judge), tuple(verdicts))
+
+
+def next_step(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, Outcome]]) -> Step:
+    """The next candidate after `history` (finished candidates in order), or the result when the search is done.
+
+    Raises `HistoryMismatch` where the history is not a path this strategy could have taken.
+    """
+    return walk(spec, profile, history).step

@@ -49,11 +49,27 @@ def setup_torch(config: Config) -> torch.device:
     return device
 
 
-class ClassificationEvaluator:
-    """Candidate -> proxy training on the run's train split -> best validation accuracy."""
+class _ConfigEvaluator:
+    """An evaluator that is its run's config (cheap to pickle; data loads lazily where it trains)."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
+
+    def placed(self, *, threads: Optional[int] = None, device: Optional[str] = None) -> "_ConfigEvaluator":
+        """The same evaluator on a worker's share of the machine: its CPU threads and device (e.g. cuda:1)."""
+        key = "faces" if self.config.task == "faces" else None
+        train = self.config.faces.train if key else self.config.train
+        update = {k: v for k, v in (("threads", threads), ("device", device)) if v is not None}
+        if not update:
+            return self
+        train = train.model_copy(update=update)
+        config = (self.config.model_copy(update={"faces": self.config.faces.model_copy(update={"train": train})})
+                  if key else self.config.model_copy(update={"train": train}))
+        return type(self)(config)
+
+
+class ClassificationEvaluator(_ConfigEvaluator):
+    """Candidate -> proxy training on the run's train split -> best validation accuracy."""
 
     def describe(self) -> dict[str, Any]:
         data = self.config.data
@@ -88,7 +104,7 @@ def task_profile(config: Config) -> Profile:
     return face_profile(config) if config.task == "faces" else profile_for_config(config)
 
 
-class FaceEvaluator:
+class FaceEvaluator(_ConfigEvaluator):
     """Candidate -> margin-softmax training on the training identities -> held-out verification accuracy.
 
     The score of a candidate is a verification measure on identities that never appear in training, chosen and
@@ -96,9 +112,6 @@ class FaceEvaluator:
     face configs use the last epoch's ROC AUC on every genuine pair); the train accuracy the strategy watches is
     the class centre argmax accuracy on the training batches.
     """
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
 
     def describe(self) -> dict[str, Any]:
         d, t = self.config.faces.data, self.config.faces.train

@@ -12,7 +12,7 @@ from facenas.cli.main import app
 from facenas.errors import DataError
 from facenas.search.egnas_log import parse_search_log
 from facenas.search.replay import load_log, replay
-from tests.conftest import REPLAY_LOGS
+from tests.conftest import REPLAY_LOGS, TIMED_RUNS
 from tests.search.authors_log import render
 
 runner = CliRunner()
@@ -38,6 +38,35 @@ def test_cli_replay_json_contract(log):
     for key in ("candidates_matched", "candidates_total", *FINAL_KEYS):
         assert key in data
     assert data["candidates_matched"] == data["candidates_total"]
+
+
+@pytest.mark.parametrize("run", TIMED_RUNS, ids=lambda p: p.stem)
+def test_the_ten_published_runs_replay_exactly_with_their_times(run):
+    data = json.loads(run.read_text())
+    report = replay(load_log(run))
+    assert report.ok, report.to_dict()
+    assert report.timed and report.parallel_seconds == pytest.approx(report.serial_seconds)
+    # the candidates' logged times add up to (most of) the run's logged total, which includes set-up and tests
+    assert 0.8 * data["final"]["search_seconds"] < report.serial_seconds <= data["final"]["search_seconds"]
+
+
+@pytest.mark.parametrize("run, workers, at_least", [(TIMED_RUNS[0], 8, 4.0), (REPLAY_LOGS[1], 3, 2.0)],
+                         ids=lambda p: getattr(p, "stem", str(p)))
+def test_replays_on_several_workers_match_exactly_and_save_time(run, workers, at_least):
+    """The scheduler's speculation never changes the path; on 8 workers it saves at least 4x (the issue's goal)."""
+    report = replay(load_log(run), workers)
+    assert report.ok, (workers, report.to_dict())
+    assert report.speedup >= at_least, (workers, report.speedup)
+    assert report.wasted_seconds > 0  # it did train ahead, and some of it was off the path
+
+
+def test_cli_replay_reports_workers_and_savings():
+    result = runner.invoke(app, ["replay", str(TIMED_RUNS[-1]), "--json", "--workers", "4"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["workers"] == 4 and data["ok"] and data["time_unit"] == "seconds"
+    assert data["speedup"] == pytest.approx(data["serial_seconds"] / data["parallel_seconds"], rel=1e-3)
+    assert data["parallel_seconds"] < data["serial_seconds"] and data["wasted_seconds"] >= 0
 
 
 def _altered(tmp_path, log, index, **changes):
@@ -149,3 +178,14 @@ def test_replayed_result_is_the_published_architecture(log):
     final = Arch(result.macro_width, result.macro_depth, result.ops, result.kernels, profile_for(authors.dataset))
     assert (result.macro_depth, result.macro_width) == (depth, width)
     assert round(count_params(final) / 1e6, 3) == params  # the final model uses the macro width
+
+
+@pytest.mark.parametrize("shared", REPLAY_LOGS, ids=lambda p: p.stem)
+def test_the_timed_transcriptions_agree_with_the_shared_logs(shared):
+    timed = next(p for p in TIMED_RUNS if p.name == shared.name)
+    a, b = load_log(shared), load_log(timed)
+    assert a.args == b.args and len(a.candidates) == len(b.candidates)
+    for x, y in zip(a.candidates, b.candidates):
+        assert x.candidate == y.candidate and (x.params_m, x.best_train, x.best_val) == (
+            y.params_m, y.best_train, y.best_val)
+    assert all(c.wall_s and c.wall_s > 0 for c in b.candidates) and all(c.wall_s is None for c in a.candidates)
