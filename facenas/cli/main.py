@@ -14,6 +14,7 @@ from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from facenas import __version__
 from facenas.errors import FacenasError
@@ -26,7 +27,8 @@ out = Console(soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # escaped: a message may hold brackets that are not markup (pip install 'facenas[ray]', a list of values)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -504,7 +506,7 @@ def export(
         console.print("[yellow]no calibration set[/]: the card has no threshold; `facenas serve` will need "
                       "--threshold (or export with --calibration-bin, or --lfw-dir with --pairs)")
     for warning in report.verification.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     out.print_json(json.dumps(report.to_dict()))
 
 

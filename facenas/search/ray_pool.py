@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import time
 from typing import Any, Callable, Optional
 
@@ -38,6 +39,22 @@ def import_ray() -> Any:
     return ray
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, naming the address, where nothing listens at a cluster's host:port: `ray.init` itself would retry
+    for minutes. `auto` (the cluster this node belongs to) and `ray://` client addresses are left to Ray."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"run.ray.address = {address!r} is not host:port (e.g. 10.0.0.1:6379) or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start one there "
+                          "with `ray start --head --port PORT`, or leave run.ray.address unset for a local "
+                          "cluster") from None
+
+
 def _train(evaluator: Evaluator, arch: Arch, epochs: int, seed: int, placement: Placement) -> tuple[str, Any]:
     """The body of a candidate's Ray task: ("done", metrics), ("failed", text) or ("fatal", exception)."""
     try:
@@ -53,6 +70,8 @@ class RayPool:
         ray = self._ray = import_ray()
         self._owns_cluster = not ray.is_initialized()
         if self._owns_cluster:
+            if settings.address:
+                check_reachable(settings.address)
             try:
                 ray.init(address=settings.address, num_cpus=None if settings.address else settings.num_cpus,
                          include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)

@@ -27,7 +27,7 @@ from facenas.search.evaluator import EpochMetrics, Evaluator
 from facenas.search.executor import CandidateFailed, Executor, Pool, SerialPool, Task
 from facenas.search.journal import CandidateRecord, SQLiteJournal
 from facenas.search.speculate import TaskKey, plan, task_key
-from facenas.search.strategy import Candidate, Done, HistoryMismatch, SearchResult
+from facenas.search.strategy import Candidate, Done, HistoryMismatch, SearchResult, walk
 from facenas.space.arch import Profile
 from facenas.space.count import count_macs, count_params
 
@@ -90,7 +90,7 @@ def run_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, journal
     history = journal.history()
     known = {task_key(r.index, r.candidate): r for r in journal.off_path()}
     running: dict[TaskKey, Task] = {}
-    failures_in_a_row, last_error = 0, ""
+    failures_in_a_row = 0
 
     def on_epoch(task: Task, epoch: EpochMetrics) -> None:
         journal.log_epoch(task.id, epoch)
@@ -99,32 +99,32 @@ def run_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, journal
     try:
         while True:
             try:
-                step = plan(spec, profile, history, {k: r.outcome for k, r in known.items()}, running, pool.slots)
+                head = walk(spec, profile, history).step
             except HistoryMismatch as exc:
                 raise JournalError(
                     f"{journal.path}: the journal does not follow this search configuration ({exc}); resume with the "
                     "config the run started with, or start a new run directory"
                 ) from None
-            head = step.step
             if not isinstance(head, Done) and task_key(head.index, head.candidate) in known:
                 # the strategy has reached a result it has: adopt it onto the path and look again
                 record = known.pop(task_key(head.index, head.candidate))
                 journal.adopt(record.id)
                 history.append((record.candidate, record.outcome))
                 events.on_candidate_end(head.index, journal.record(record.id))
-                if record.status == "failed":
-                    log.warning("candidate %d failed: %s", head.index, (record.error or "").splitlines()[0])
-                    failures_in_a_row += 1
-                    last_error = (record.error or "").splitlines()[0] if record.error else "failed"
-                else:
+                if record.status != "failed":
                     failures_in_a_row = 0
+                    continue
+                failures_in_a_row += 1
+                last_error = (record.error or "failed").splitlines()[0]
+                log.warning("candidate %d failed: %s", head.index, last_error)
                 if max_consecutive_failures and failures_in_a_row >= max_consecutive_failures:
                     raise SearchAborted(
                         f"{failures_in_a_row} candidates in a row failed (the last: {last_error}); this looks like a "
                         "broken setup rather than bad candidates. "
                         "Fix the cause, then run the same command with --resume --retry-failed")
                 continue
-            for key in step.cancel:
+            decided = plan(spec, profile, history, {k: r.outcome for k, r in known.items()}, running, pool.slots)
+            for key in decided.cancel:
                 task = running.pop(key)
                 pool.cancel(task.id)
                 journal.cancel(task.id)
@@ -132,7 +132,7 @@ def run_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, journal
             if isinstance(head, Done):
                 events.on_done(head.result, journal.completed())
                 return head.result
-            for index, candidate in step.launch:
+            for index, candidate in decided.launch:
                 params, macs = count_params(candidate.arch), count_macs(candidate.arch)
                 cseed = candidate_seed(seed, index)
                 task = Task(journal.begin(index, candidate, params=params, macs=macs, seed=cseed, on_path=False),
@@ -307,7 +307,7 @@ class SearchRun:
 
 
 def search_from_config(config: Config, *, events: Optional[SearchEvents] = None,
-                       executor: Optional[Executor] = None) -> SearchRun:
+                       executor: Optional[Union[Executor, Pool]] = None) -> SearchRun:
     """Run or resume (`run.resume`) the search a config describes, in its run directory."""
     from facenas.search.evaluator import make_task
     from facenas.search.executor import make_pool

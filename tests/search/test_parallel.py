@@ -271,12 +271,11 @@ def test_cli_search_on_two_workers_writes_the_serial_result(tmp_path, tiny_confi
     """A real (tiny) search through the CLI: --workers 2 gives the serial best_arch.json and path."""
     import json
 
+    import torch
     import yaml
     from typer.testing import CliRunner
 
     from facenas.cli.main import app
-
-    import torch
 
     # one thread per candidate on both sides: a CPU score depends on the threads it trains with, not on the workers
     data = dict(tiny_config_data, train={"batch_size": 64, "threads": 1})

@@ -82,3 +82,30 @@ def test_a_worker_killed_mid_candidate_is_retried_and_the_result_is_unchanged(cl
         assert result == want_result and path_of(journal) == want_path
         assert journal.count(("failed",)) == 0  # the retry trained it; nothing was recorded as failed
     thread.join(timeout=5)
+
+
+def test_an_unreachable_cluster_is_one_clear_error_naming_it():
+    from facenas.errors import ConfigError
+    from facenas.search.ray_pool import check_reachable
+
+    with pytest.raises(ConfigError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:1 .*ray start --head"):
+        check_reachable("127.0.0.1:1")
+    with pytest.raises(ConfigError, match="is not host:port"):
+        check_reachable("my-cluster")
+
+
+def test_cli_search_without_ray_says_how_to_install_it(tmp_path, tiny_config_data, monkeypatch):
+    import sys
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from facenas.cli.main import app
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_data))
+    result = CliRunner().invoke(app, ["search", "-c", str(config), "--out", str(tmp_path / "run"), "--executor",
+                                      "ray"])
+    assert result.exit_code != 0 and "pip install 'facenas[ray]'" in result.output
+    assert "Traceback" not in result.output
