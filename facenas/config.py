@@ -332,6 +332,9 @@ class FaceTrainConfig(_Section):
     channels_last: Literal["auto", "on", "off"] = "auto"
     device: str = "auto"
     threads: Optional[int] = Field(None, ge=1)
+    workers: int = Field(0, ge=0, description="DataLoader processes that read, align and augment a streamed training "
+                                              "set (0: in the training process)")
+    prefetch: int = Field(4, ge=1, description="batches each DataLoader worker prepares ahead")
     eval_batch_size: int = Field(256, ge=1)
     eval_every: int = Field(1, ge=1, description="epochs between verification runs")
     checkpoint_every_steps: int = Field(0, ge=0, description="also checkpoint every N steps (0: each epoch only)")

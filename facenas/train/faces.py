@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ from torch import nn
 
 from facenas import __version__
 from facenas.config import FaceAugmentConfig, FaceTrainConfig
+from facenas.data.faces.augment import augment_batch, batch_bounds, epoch_order, make_augment
+from facenas.data.faces.stream import EpochBatches, FaceStream, stream_loader
 from facenas.data.faces.types import FaceSet, PairSet
 from facenas.errors import NonFiniteLossError
 from facenas.evaluate.verify import MEAN, STD, TorchEmbedder, evaluate_pairs
@@ -36,33 +38,6 @@ if TYPE_CHECKING:
     from facenas.models.backbones import BackboneSpec
 
 CHECKPOINT_FORMAT = "facenas.face-checkpoint/1"
-
-
-def make_augment(cfg: FaceAugmentConfig, channels: int = 3) -> Any:
-    import albumentations as A
-
-    grey = [A.ToGray(p=cfg.grey)] if channels == 3 else []
-    return A.Compose([
-        A.HorizontalFlip(p=cfg.flip),
-        A.Affine(scale=(0.95, 1.05), translate_percent=(-0.04, 0.04), rotate=(-8, 8), p=cfg.affine),
-        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=cfg.brightness_contrast),
-        A.GaussianBlur(blur_limit=(3, 5), p=cfg.blur),
-        *grey,
-    ], seed=0)
-
-
-def _seed(*keys: int) -> int:
-    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
-
-
-def augment_batch(transform: Any, images: np.ndarray, seed: int, epoch: int, positions: np.ndarray) -> np.ndarray:
-    out = np.empty_like(images)
-    for k, (img, pos) in enumerate(zip(images, positions)):
-        transform.set_random_seed(_seed(seed, epoch, int(pos)))
-        hwc = np.ascontiguousarray(img.transpose(1, 2, 0))
-        aug = transform(image=hwc)["image"]
-        out[k] = (aug if aug.ndim == 3 else aug[:, :, None]).transpose(2, 0, 1)
-    return out
 
 
 def face_precision(cfg: FaceTrainConfig, device: torch.device) -> str:
@@ -152,18 +127,6 @@ def new_run(arch: Optional[Arch], num_classes: int, cfg: FaceTrainConfig, *, epo
                    backbone=backbone.to_dict() if backbone is not None else None)
 
 
-def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """(start, end) of each batch of an epoch of `n` images; a last batch of one image joins the batch before.
-
-    BatchNorm cannot normalise a batch of one in training mode (the embedding head's BatchNorm1d raises), so a set
-    whose size is 1 modulo the batch size would otherwise fail every candidate. Nothing is dropped.
-    """
-    starts = list(range(0, n, batch_size))
-    if len(starts) > 1 and n - starts[-1] == 1:
-        starts.pop()
-    return [(start, starts[i + 1] if i + 1 < len(starts) else n) for i, start in enumerate(starts)]
-
-
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return len(batch_bounds(n, batch_size))
 
@@ -172,8 +135,46 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return (x.float() - MEAN) / STD
 
 
-def fit_face(run: FaceRun, train: FaceSet, *, cfg: FaceTrainConfig, augment: FaceAugmentConfig, epochs: int,
-             seed: int, device: torch.device, pairs: Optional[PairSet] = None,
+def _epoch_batches(train: FaceSet | FaceStream, *, cfg: FaceTrainConfig, augment: FaceAugmentConfig, seed: int,
+                   device: torch.device) -> Callable[[int, int], Iterator[tuple[int, torch.Tensor, torch.Tensor]]]:
+    """`batches(epoch, start_step)` yields (step, uint8 images, labels) of an epoch: from memory, or streamed
+    through DataLoader workers (`cfg.workers`); both give the same batches (`facenas.data.faces.stream`)."""
+    if isinstance(train, FaceStream):
+        stream = FaceStream(train.source, train.items, train.labels, train.prep, augment=augment, seed=seed)
+        sampler = EpochBatches(len(stream), cfg.batch_size, seed)
+        loader = stream_loader(stream, sampler, workers=cfg.workers, pin_memory=device.type == "cuda",
+                               prefetch=cfg.prefetch)
+
+        def streamed(epoch: int, start_step: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+            sampler.set_epoch(epoch, start_step)
+            for k, (images, labels) in enumerate(loader):
+                yield start_step + k, images, labels
+
+        return streamed
+    transform = make_augment(augment, train.images.shape[1])
+    bounds = batch_bounds(len(train), cfg.batch_size)
+    labels_all = torch.from_numpy(train.labels)
+
+    def in_memory(epoch: int, start_step: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        order = epoch_order(len(train), seed, epoch)
+        for step in range(start_step, len(bounds)):
+            positions = np.arange(*bounds[step])
+            index = order[positions]
+            yield step, torch.from_numpy(augment_batch(transform, train.images[index], seed, epoch, positions)), \
+                labels_all[index]
+
+    return in_memory
+
+
+def image_shape(train: FaceSet | FaceStream) -> tuple[int, int]:
+    """(side, channels) of a training set's crops."""
+    if isinstance(train, FaceStream):
+        return train.size, train.channels
+    return train.images.shape[2], train.images.shape[1]
+
+
+def fit_face(run: FaceRun, train: FaceSet | FaceStream, *, cfg: FaceTrainConfig, augment: FaceAugmentConfig,
+             epochs: int, seed: int, device: torch.device, pairs: Optional[PairSet] = None,
              benchmarks: Optional[dict[str, PairSet]] = None,
              scorer: Optional[Callable[[TorchEmbedder], dict[str, float]]] = None, score_measure: str = "accuracy",
              score_from_epoch: int = 0,
@@ -182,36 +183,35 @@ def fit_face(run: FaceRun, train: FaceSet, *, cfg: FaceTrainConfig, augment: Fac
              checkpoint: Optional[Checkpointer] = None) -> list[EpochMetrics]:
     """Train `run` up to `epochs` epochs (continuing where it stands); returns the per-epoch history.
 
+    `train` is in memory (`FaceSet`) or streamed (`FaceStream`: read, aligned and augmented in `cfg.workers`
+    DataLoader processes); both give the same batches, so the same run.
+
     `val_acc` of an epoch is the 10-fold verification accuracy (%) on `pairs`, or with a `scorer` (the search's,
     `face_score.py`) its `score_measure`, all its measures going to `extra` as `heldout_<measure>`; epochs before
     `score_from_epoch` are not scored (the search's score may read only the last ones). `train_acc` is the accuracy
     of the class-centre argmax on the augmented training batches; `extra` also holds XNorm and each benchmark's
     accuracy.
     """
-    transform = make_augment(augment, train.images.shape[1])
+    batches = _epoch_batches(train, cfg=cfg, augment=augment, seed=seed, device=device)
+    side, channels = image_shape(train)
+    steps = steps_per_epoch(len(train), cfg.batch_size)
     precision = face_precision(cfg, device)
     cast = autocast(device, precision)
     channels_last = use_channels_last(run.model, device, cfg.channels_last, precision)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     run.model.to(memory_format=memory_format)
-    bounds = batch_bounds(len(train), cfg.batch_size)
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
-    labels_all = torch.from_numpy(train.labels)
     for epoch in range(run.epoch, epochs):
         began = time.perf_counter()
-        order = np.random.default_rng(np.random.SeedSequence([seed, epoch, 11])).permutation(len(train))
         run.model.train()
         run.head.train()
         resumed = run.partial if run.epoch_step else {}
         correct = torch.tensor(int(resumed.get("correct", 0)), dtype=torch.long, device=device)
         loss_sum = torch.tensor(float(resumed.get("loss_sum", 0.0)), dtype=torch.float64, device=device)
         seen = int(resumed.get("seen", 0))
-        for step in range(run.epoch_step, len(bounds)):
-            positions = np.arange(*bounds[step])
-            index = order[positions]
-            images = augment_batch(transform, train.images[index], seed, epoch, positions)
-            x = _normalise(torch.from_numpy(images).to(device)).contiguous(memory_format=memory_format)
-            y = labels_all[index].to(device)
+        for step, images, labels in batches(epoch, run.epoch_step):
+            x = _normalise(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
+            y = labels.to(device, non_blocking=True)
             run.scheduler.step_update(run.global_step)
             with cast:
                 embeddings = run.model(x)
@@ -232,14 +232,14 @@ def fit_face(run: FaceRun, train: FaceSet, *, cfg: FaceTrainConfig, augment: Fac
             if on_step is not None:
                 on_step(run, {"loss": float(loss.detach()), "lr": float(run.optimizer.param_groups[0]["lr"])})
             if checkpoint is not None and cfg.checkpoint_every_steps and run.global_step % cfg.checkpoint_every_steps \
-                    == 0 and run.epoch_step < len(bounds):
+                    == 0 and run.epoch_step < steps:
                 run.partial = {"correct": int(correct.item()), "loss_sum": float(loss_sum.item()), "seen": seen}
                 checkpoint.save(run.state_dict())
         extra: dict[str, float] = {}
         val_acc = math.nan
         do_eval = ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == epochs) and epoch >= score_from_epoch
         if do_eval and (pairs is not None or scorer is not None or benchmarks):
-            embedder = TorchEmbedder(run.model, train.images.shape[2], train.images.shape[1], device)
+            embedder = TorchEmbedder(run.model, side, channels, device)
             if scorer is not None:
                 values = scorer(embedder)
                 val_acc = values[score_measure]

@@ -1,9 +1,8 @@
 """Identity-labelled face sources: image folders, insightface RecordIO, in-memory sets.
 
 A source lists its items (labels, identity names, where each item lives) without decoding anything;
-`materialize` decodes and prepares the items it is asked for into an in-memory `FaceSet`: the search's proxy and
-`facenas train` both train from memory today, so a training set must fit in RAM (a streaming loader for sets that do
-not is not built yet).
+`materialize` decodes and prepares the items it is asked for into an in-memory `FaceSet`, which suits the search's
+small proxy sets; `stream.FaceStream` reads the items where they are trained instead, for sets that do not fit.
 Unreadable items get an error naming the file or record; with `skip_bad` they are left out and reported instead.
 """
 
