@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from facenas.errors import ConfigError
 
@@ -332,12 +332,23 @@ class FaceTrainConfig(_Section):
     channels_last: Literal["auto", "on", "off"] = "auto"
     device: str = "auto"
     threads: Optional[int] = Field(None, ge=1)
+    stream: Literal["auto", "on", "off"] = Field(
+        "auto", description="read the training set while training (decode, align and augment in DataLoader workers) "
+                            "instead of decoding it into memory first; auto: `facenas train` streams (unless "
+                            "faces.data.skip_bad, which needs every image decoded first), the search's proxy keeps "
+                            "its small set in memory")
     workers: int = Field(0, ge=0, description="DataLoader processes that read, align and augment a streamed training "
                                               "set (0: in the training process)")
     prefetch: int = Field(4, ge=1, description="batches each DataLoader worker prepares ahead")
     eval_batch_size: int = Field(256, ge=1)
     eval_every: int = Field(1, ge=1, description="epochs between verification runs")
     checkpoint_every_steps: int = Field(0, ge=0, description="also checkpoint every N steps (0: each epoch only)")
+
+    @field_validator("stream", "channels_last", mode="before")
+    @classmethod
+    def _switch_words(cls, value: Any) -> Any:
+        """YAML reads a bare on/off (`--set faces.train.stream=off`) as a boolean: take it as the word."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class FaceScoreConfig(_Section):

@@ -84,3 +84,14 @@ def test_shipped_service_settings_are_valid(path, tmp_path):
     data = yaml.safe_load(path.read_text())["serve"]
     (tmp_path / "model.onnx").write_bytes(b"x")
     parse_config({**data, "model": str(tmp_path / "model.onnx")}, str(path), ServeSettings)
+
+
+def test_a_bare_on_or_off_from_yaml_is_the_word():
+    """`--set faces.train.stream=off` reaches pydantic as False (YAML 1.1); it means the word, not an error."""
+    from facenas.config import Config, apply_overrides, parse_override
+
+    data: dict = {"task": "faces"}
+    apply_overrides(data, dict([parse_override("faces.train.stream=off"),
+                                parse_override("faces.train.channels_last=on")]))
+    train = Config.model_validate(data).faces.train
+    assert (train.stream, train.channels_last) == ("off", "on")

@@ -181,7 +181,7 @@ def fingerprint_data(config: Config) -> dict[str, Any]:
     data.pop("name", None)
     data.pop("run", None)
     data.pop("final", None)
-    for key in ("device", "threads", "eval_batch_size", "workers", "prefetch"):
+    for key in ("device", "threads", "eval_batch_size", "stream", "workers", "prefetch"):
         data["train"].pop(key, None)
         data["faces"]["train"].pop(key, None)
     data["data"].pop("root", None)

@@ -128,7 +128,7 @@ class FaceEvaluator(_ConfigEvaluator):
         began = time.perf_counter()
         device = setup_torch(self.config)
         cfg, data, score = self.config.faces.train, self.config.faces.data, self.config.faces.score
-        splits = load_face_splits(data, self.config.seed)
+        splits = load_face_splits(data, self.config.seed, stream=cfg.stream == "on")
         if score.common_random_numbers:
             seed = self.config.seed  # every candidate sees the same data order, augmentation and init stream
         scorer = make_scorer(splits.heldout, score, per_fold=data.heldout_pairs_per_fold, folds=data.pair_folds,

@@ -136,13 +136,16 @@ def train_faces(arch: Optional[Arch], config: Config, *,
     (out / "config.yaml").write_text(to_yaml(config))  # `facenas export` finds the held-out pairs through it
     device = setup_torch(config)
     cfg = config.faces.train
-    splits = load_face_splits(config.faces.data, config.seed)
+    # auto streams, except where bad images are to be skipped: skipping needs every image decoded first
+    stream = cfg.stream == "on" or (cfg.stream == "auto" and not config.faces.data.skip_bad)
+    splits = load_face_splits(config.faces.data, config.seed, stream=stream)
     benchmarks = load_benchmarks(config.faces.verify, splits.preprocess)
     preprocess = {**splits.preprocess.to_dict(), "mean": 127.5, "std": 127.5, "color": "RGB",
                   "align": "arcface-112 (insightface norm_crop) where landmarks are known"}
     identity = {**network, "seed": config.seed, "epochs": cfg.epochs,
                 "data": config.faces.data.model_dump(mode="json"),
-                "train": cfg.model_dump(mode="json", exclude={"device", "threads", "eval_batch_size"})}
+                "train": cfg.model_dump(mode="json", exclude={"device", "threads", "eval_batch_size", "stream",
+                                                              "workers", "prefetch"})}
     checkpoint = FileCheckpoint(out / "checkpoints" / "last.pt", identity, config.run.resume)
     steps = steps_per_epoch(len(splits.train), cfg.batch_size)
     run = new_run(arch, splits.train.num_identities, cfg, epochs=cfg.epochs, steps_per_epoch=steps, seed=config.seed,

@@ -140,7 +140,8 @@ def _epoch_batches(train: FaceSet | FaceStream, *, cfg: FaceTrainConfig, augment
     """`batches(epoch, start_step)` yields (step, uint8 images, labels) of an epoch: from memory, or streamed
     through DataLoader workers (`cfg.workers`); both give the same batches (`facenas.data.faces.stream`)."""
     if isinstance(train, FaceStream):
-        stream = FaceStream(train.source, train.items, train.labels, train.prep, augment=augment, seed=seed)
+        stream = FaceStream(train.source, train.items, train.labels, train.prep, augment=augment, seed=seed,
+                            identities=train.identities)
         sampler = EpochBatches(len(stream), cfg.batch_size, seed)
         loader = stream_loader(stream, sampler, workers=cfg.workers, pin_memory=device.type == "cuda",
                                prefetch=cfg.prefetch)

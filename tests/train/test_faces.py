@@ -190,3 +190,26 @@ def test_a_candidate_trains_on_the_real_orl_faces(tiny_face_config_data):
     assert metrics.best_val >= 70.0
     first, last = metrics.epochs[0], metrics.epochs[-1]
     assert last.train_loss < 0.75 * first.train_loss and last.train_acc > 35.0
+
+
+def test_facenas_train_streams_by_default_and_matches_training_from_memory(tmp_path, tiny_face_config_data):
+    """`facenas train` reads its training set through DataLoader workers (faces.train.stream: auto); the run is the
+    one an in-memory run makes, and a resume may change the number of workers."""
+    from facenas.data.faces.splits import load_face_splits
+    from facenas.data.faces.stream import FaceStream
+
+    reports = {}
+    for mode, workers in (("off", 0), ("auto", 2)):
+        data = {**tiny_face_config_data, "run": {"out": str(tmp_path / mode)}}
+        data["faces"] = {**data["faces"], "train": {**data["faces"].get("train", {}), "stream": mode,
+                                                    "workers": workers}}
+        cfg = parse_config(data)
+        reports[mode] = train_faces(Arch.uniform(6, 4, face_profile(cfg)), cfg)
+    assert isinstance(load_face_splits(cfg.faces.data, cfg.seed, stream=True).train, FaceStream)
+    assert reports["auto"]["data"]["train_images"] == reports["off"]["data"]["train_images"]
+    assert reports["auto"]["heldout_accuracy"] == pytest.approx(reports["off"]["heldout_accuracy"], abs=1e-6)
+    import csv
+
+    losses = [[float(row["train_loss"]) for row in csv.DictReader((tmp_path / mode / "metrics.csv").open())]
+              for mode in ("off", "auto")]
+    assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], rel=1e-5)

@@ -18,6 +18,7 @@ from facenas.config import FaceDataConfig
 from facenas.data.faces.images import Preprocess
 from facenas.data.faces.pairs import pairs_from_faces
 from facenas.data.faces.sources import ArraySource, FaceSource, materialize, open_source
+from facenas.data.faces.stream import FaceStream
 from facenas.data.faces.synthetic import synthetic_faces
 from facenas.data.faces.types import FaceSet, PairSet
 from facenas.errors import DataError
@@ -25,7 +26,7 @@ from facenas.errors import DataError
 
 @dataclass(frozen=True)
 class FaceSplits:
-    train: FaceSet
+    train: FaceSet | FaceStream  # streamed: read while training, never held in memory
     heldout: FaceSet
     pairs: PairSet
     preprocess: Preprocess
@@ -79,18 +80,26 @@ def _items(labels: np.ndarray, identities: np.ndarray, cap: Optional[int], seed:
 
 
 @lru_cache(maxsize=2)
-def load_face_splits(cfg: FaceDataConfig, seed: int) -> FaceSplits:
-    """Decode the run's training identities and held-out pairs into memory (cached per process)."""
+def load_face_splits(cfg: FaceDataConfig, seed: int, stream: bool = False) -> FaceSplits:
+    """The run's training identities and held-out pairs (cached per process). The held-out (and test) faces are
+    decoded into memory; the training faces too, or with `stream` they are listed only and read while training
+    (`FaceStream`): then a bad training image stops training with an error naming it, as `skip_bad` cannot skip
+    what has not been read (check a set first with `facenas data inspect`)."""
     source = open_face_source(cfg)
     train_ids, heldout_ids, test_ids = choose_identities(source.labels, cfg, seed)
     prep = Preprocess(size=cfg.size, channels=cfg.channels, crop_fraction=cfg.crop_fraction)
-    train = materialize(source, _items(source.labels, train_ids, cfg.max_images_per_identity, seed), prep,
-                        skip_bad=cfg.skip_bad)
+    train_items = _items(source.labels, train_ids, cfg.max_images_per_identity, seed)
+    train: FaceSet | FaceStream
+    if stream:
+        train, train_problems = FaceStream.of(source, train_items, prep), []
+    else:
+        decoded = materialize(source, train_items, prep, skip_bad=cfg.skip_bad)
+        train, train_problems = decoded.faces, decoded.problems
     held = materialize(source, _items(source.labels, heldout_ids, cfg.max_images_per_identity, seed + 1), prep,
                        skip_bad=cfg.skip_bad)
     pairs = pairs_from_faces(held.faces, cfg.heldout_pairs_per_fold, folds=cfg.pair_folds, seed=seed,
                              name="heldout")
-    problems = tuple(getattr(source, "problems", [])) + tuple(train.problems) + tuple(held.problems)
+    problems = tuple(getattr(source, "problems", [])) + tuple(train_problems) + tuple(held.problems)
     test = test_pairs = None
     if len(test_ids):
         tested = materialize(source, _items(source.labels, test_ids, cfg.max_images_per_identity, seed + 2), prep,
@@ -101,7 +110,7 @@ def load_face_splits(cfg: FaceDataConfig, seed: int) -> FaceSplits:
                                       name="test")
         problems += tuple(tested.problems)
     tested_text = f", {test.num_identities} test identities -> {len(test_pairs)} pairs" if test is not None else ""
-    description = (f"{source.name}: {train.faces.num_identities} training identities ({len(train.faces)} images), "
+    description = (f"{source.name}: {train.num_identities} training identities ({len(train)} images), "
                    f"{held.faces.num_identities} held-out identities -> {len(pairs)} pairs in {cfg.pair_folds} "
                    f"folds{tested_text}; seed {seed}; {cfg.size}x{cfg.size}x{cfg.channels}")
-    return FaceSplits(train.faces, held.faces, pairs, prep, description, problems, test, test_pairs)
+    return FaceSplits(train, held.faces, pairs, prep, description, problems, test, test_pairs)

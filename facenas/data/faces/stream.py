@@ -30,10 +30,13 @@ class FaceStream(Dataset):
     """Items of a source with their labels, decoded and prepared (and augmented) one at a time where read."""
 
     def __init__(self, source: FaceSource, items: np.ndarray, labels: np.ndarray, prep: Preprocess, *,
-                 augment: Optional[FaceAugmentConfig] = None, seed: int = 0) -> None:
+                 augment: Optional[FaceAugmentConfig] = None, seed: int = 0,
+                 identities: Optional[tuple[str, ...]] = None) -> None:
         if len(items) != len(labels):
             raise ValueError(f"{len(items)} items but {len(labels)} labels")
         self.source = source
+        self.identities = identities if identities is not None else tuple(
+            str(k) for k in range(int(np.max(labels)) + 1 if len(labels) else 0))
         self.items = np.asarray(items, np.int64)
         self.labels = np.asarray(labels, np.int64)
         self.prep = prep
@@ -43,6 +46,17 @@ class FaceStream(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def num_identities(self) -> int:
+        return len(self.identities)
+
+    @classmethod
+    def of(cls, source: FaceSource, items: np.ndarray, prep: Preprocess) -> "FaceStream":
+        """Items of a source, their identities renumbered 0..K-1 over those present (as `materialize` does)."""
+        items = np.asarray(items, np.int64)
+        present, labels = np.unique(source.labels[items], return_inverse=True)
+        return cls(source, items, labels, prep, identities=tuple(source.identities[p] for p in present))
 
     @property
     def channels(self) -> int:
