@@ -168,12 +168,18 @@ class Materialized:
 
 def materialize(source: FaceSource, index: Optional[np.ndarray], prep: Preprocess, *,
                 skip_bad: bool = False) -> Materialized:
-    """Decode and prepare items into memory; bad items raise, or are skipped and reported with `skip_bad`."""
+    """Decode and prepare items into memory; bad items raise, or are skipped and reported with `skip_bad`.
+
+    The images go straight into one preallocated array: gathering them in a list and stacking would hold the set
+    twice at the peak.
+    """
     index = np.arange(len(source)) if index is None else np.asarray(index)
-    images, kept, problems = [], [], []
+    images = np.empty((len(index), prep.channels, prep.size, prep.size), np.uint8)
+    kept: list[int] = []
+    problems: list[str] = []
     for i in index:
         try:
-            images.append(prepare(source.load(int(i)), prep, source.landmarks(int(i))))
+            images[len(kept)] = prepare(source.load(int(i)), prep, source.landmarks(int(i)))
         except DataError as exc:
             if not skip_bad:
                 raise
@@ -182,9 +188,10 @@ def materialize(source: FaceSource, index: Optional[np.ndarray], prep: Preproces
         kept.append(int(i))
     if not kept:
         raise DataError(f"{source.name}: no readable images" + (f" ({problems[0]})" if problems else ""))
+    images = images[:len(kept)] if len(kept) < len(images) else images
     kept_arr = np.asarray(kept)
     labels = source.labels[kept_arr]
     present, relabelled = np.unique(labels, return_inverse=True)
-    faces = FaceSet(np.stack(images), relabelled.astype(np.int64), tuple(source.identities[p] for p in present),
+    faces = FaceSet(images, relabelled.astype(np.int64), tuple(source.identities[p] for p in present),
                     None, source.name, tuple(source.where(i) for i in kept))
     return Materialized(faces, problems)
