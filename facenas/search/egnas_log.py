@@ -24,15 +24,15 @@ _PARAMS = re.compile(r"^Model Parameters = ([\d.]+)MB$")
 _FLOAT = r"(-?[\d.]+(?:e[+-]?\d+)?)"
 
 
-def _messages(text: str) -> list[str]:
-    """Log lines -> messages, continuation lines joined to the message before them."""
-    messages: list[str] = []
+def _messages(text: str) -> list[tuple[str, str]]:
+    """Log lines -> (time stamp, message), continuation lines joined to the message before them."""
+    messages: list[tuple[str, str]] = []
     for line in text.splitlines():
         stamp = _STAMP.match(line)
         if stamp:
-            messages.append(line[stamp.end():].strip())
+            messages.append((stamp.group().strip(), line[stamp.end():].strip()))
         elif messages and line.strip():
-            messages[-1] = f"{messages[-1]} {line.strip()}"
+            messages[-1] = (messages[-1][0], f"{messages[-1][1]} {line.strip()}")
     return messages
 
 
@@ -49,7 +49,7 @@ def parse_search_log(text: str, source: str = "<log>") -> dict[str, Any]:
     candidates: list[dict[str, Any]] = []
     final: dict[str, Any] = {}
     in_final = False
-    for msg in _messages(text):
+    for stamp, msg in _messages(text):
         if msg.startswith("Arguments = "):
             args = msg[len("Arguments = "):]
             continue
@@ -77,7 +77,8 @@ def parse_search_log(text: str, source: str = "<log>") -> dict[str, Any]:
             if missing:
                 raise DataError(f"{source}: candidate {len(candidates)} lacks {', '.join(sorted(missing))}")
             current = {"phase": phase, **{k: details[k] for k in ("depth", "width", "ops", "kernels", "epochs",
-                                                                 "params_m")}, "train_curve": [], "val_curve": []}
+                                                                 "params_m")}, "train_curve": [], "val_curve": [],
+                       "started": stamp}
         elif current is not None and (m := re.match(rf"^train_acc {_FLOAT}$", msg)):
             current["train_curve"].append(float(m[1]))
         elif current is not None and (m := re.match(rf"^valid_acc {_FLOAT}$", msg)):
@@ -86,6 +87,7 @@ def parse_search_log(text: str, source: str = "<log>") -> dict[str, Any]:
             current["best_train"] = float(m[1])
         elif current is not None and (m := re.match(rf"^Best Validation Accuracy {_FLOAT}$", msg)):
             current["best_val"] = float(m[1])
+            current["ended"] = stamp  # with "started": the candidate's wall time, for `replay --workers`
             if len(current["val_curve"]) != current["epochs"]:
                 raise DataError(f"{source}: candidate {len(candidates)} logged {len(current['val_curve'])} epochs "
                                 f"of {current['epochs']}")

@@ -6,9 +6,11 @@ Used to test the raw-log parser without shipping the authors' logs: the line for
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import numpy as np
 
-STAMP = "2024-02-12 18:44:42,{:03d} "
+START = datetime(2024, 2, 12, 18, 44, 42)
 
 
 def _arr(values: list[int]) -> str:
@@ -22,7 +24,8 @@ def render(run: dict) -> str:
     def log(msg: str) -> None:
         n[0] += 1
         for i, part in enumerate(msg.split("\n")):
-            lines.append((STAMP.format(n[0] % 1000) if i == 0 else "") + part)
+            stamp = (START + timedelta(milliseconds=250 * n[0])).strftime("%Y-%m-%d %H:%M:%S,%f")[:-3] + " "
+            lines.append((stamp if i == 0 else "") + part)
 
     log("GPU Device = 1")
     log(f"Arguments = {run['args']}")

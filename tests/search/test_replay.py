@@ -125,7 +125,9 @@ def test_raw_searchlog_text_parses_to_the_same_run(log, tmp_path):
             assert got[key] == want[key], key
     path = tmp_path / "Searchlog.txt"
     path.write_text(text)
-    assert replay(load_log(path)).ok
+    report = replay(load_log(path))
+    assert report.ok and report.timed  # the raw log's time stamps give each candidate its wall time
+    assert all(c.wall_s and c.wall_s > 0 for c in report.log.candidates)
 
 
 def test_long_arrays_wrapped_by_numpy_are_joined():
