@@ -45,11 +45,11 @@ class Plan:
     need: Mapping[TaskKey, float]  # the probability that each explored candidate is needed
 
 
-def verdict_odds(verdicts: Sequence[tuple[str, str]], labels: Collection[str], kind: str) -> dict[str, float]:
-    """P(verdict) for a judge of `kind` that can reach `labels`: Laplace's rule over the run's verdicts so far."""
-    seen = Counter(v for k, v in verdicts if k == kind)
-    total = sum(seen[label] for label in labels) + len(labels)
-    return {label: (seen[label] + 1) / total for label in labels}
+def verdict_odds(seen: Mapping[tuple[str, str], int], labels: Collection[str], kind: str) -> dict[str, float]:
+    """P(verdict) for a judge of `kind` that can reach `labels`: Laplace's rule over the counts of the run's
+    (judge kind, verdict) so far."""
+    total = sum(seen.get((kind, label), 0) for label in labels) + len(labels)
+    return {label: (seen.get((kind, label), 0) + 1) / total for label in labels}
 
 
 @dataclass(order=True)
@@ -88,6 +88,7 @@ def plan(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, 
         proposals[key] = (step.index, step.candidate)
         heapq.heappush(heap, _Node((-prob, step.index, next(order)), prob, hist, step))
 
+    seen = Counter(root.verdicts)  # counted once: every expansion reads the same history's verdicts
     add(1.0, tuple(history), root.step)
     expanded = 0
     while heap and expanded < budget:
@@ -98,7 +99,7 @@ def plan(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, 
             branches = [(1.0, known[key])]
         else:
             probes = step.judge.probes()
-            odds = verdict_odds(root.verdicts, probes, step.judge.kind)
+            odds = verdict_odds(seen, probes, step.judge.kind)
             branches = [(odds[label], outcome) for label, outcome in probes.items()]
         for p, outcome in branches:
             hist = node.history + ((step.candidate, outcome),)
