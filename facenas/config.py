@@ -319,6 +319,12 @@ class VerifySetConfig(_Section):
         return self
 
 
+#: Train keys that say how and where a run executes, not what it computes: left out of the search's fingerprint
+#: and of checkpoint identities, so a run may resume with other values.
+EXECUTION_KEYS = frozenset({"device", "threads", "eval_batch_size", "stream", "workers", "prefetch", "compile", "gpus",
+                            "log_every"})
+
+
 class FaceTrainConfig(_Section):
     epochs: int = Field(20, ge=1, description="facenas train (the search sets each candidate's own budget)")
     batch_size: int = Field(64, ge=2)
@@ -343,6 +349,18 @@ class FaceTrainConfig(_Section):
     eval_batch_size: int = Field(256, ge=1)
     eval_every: int = Field(1, ge=1, description="epochs between verification runs")
     checkpoint_every_steps: int = Field(0, ge=0, description="also checkpoint every N steps (0: each epoch only)")
+    log_every: int = Field(10, ge=1, description="steps between TensorBoard loss/lr points (each reads the loss "
+                                                 "back from the device)")
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
+        "off", description="torch.compile the training step's model and head with this mode (off: eager)")
+    gpus: int = Field(1, ge=1, description="facenas train: processes on this machine, one per GPU, started "
+                                           "through torchrun (DDP); with device cpu, gloo processes")
+    partial_fc: Optional[float] = Field(
+        None, gt=0, le=1, description="Partial FC (insightface): class centres sharded across the DDP ranks, each "
+                                      "step scoring this share of them (the batch's classes always; 0.1-0.3 for "
+                                      "large sets); unset: the plain margin head")
+    sync_bn: Optional[bool] = Field(None, description="true: under DDP on GPUs, BatchNorm statistics over the "
+                                                      "global batch (SyncBatchNorm) instead of each rank's share")
 
     @field_validator("stream", "channels_last", mode="before")
     @classmethod
@@ -403,6 +421,9 @@ class TrainConfig(_Section):
                             "fp16 needs CUDA")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
+        "off", description="torch.compile the training forward with this mode (off: eager); pays on a GPU for "
+                           "long runs, its compile time does not for a short proxy")
 
 
 class FinalConfig(_Section):
@@ -439,6 +460,9 @@ class RunConfig(_Section):
         1, ge=1, description="candidates trained at once: the scheduler trains ahead of the strategy on idle "
                              "workers (speculatively) and the path and result stay those of a serial run")
     ray: RayConfig = RayConfig()
+    cache: bool = Field(True, description="decode a face search's in-memory sets once per run into memory-mapped "
+                                          "arrays under <run dir>/cache, opened by every candidate and worker (on "
+                                          "several machines the run directory must be a shared path)")
 
     @model_validator(mode="after")
     def _workers_need_processes(self) -> "RunConfig":

@@ -389,18 +389,21 @@ def train(
     epochs: Optional[int] = typer.Option(None, help="faces.train.epochs"),
     seed: Optional[int] = typer.Option(None, help="seed"),
     device: Optional[str] = typer.Option(None, help="faces.train.device"),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="faces.train.gpus: train on N processes of this machine "
+                                       "(torchrun + DDP, one per GPU; with --device cpu, N gloo processes)"),
     sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="any config key"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Train a face architecture (or a hand-designed backbone) with ArcFace/CosFace; checkpoints, verification,
-    TensorBoard and CSV logs."""
+    TensorBoard and CSV logs. `--gpus N` (or torchrun yourself, for several machines) trains data-parallel."""
     setup_logging(verbose)
     cfg = run_guarded(load_run_config, config, sets, {
         "run.out": str(out_dir) if out_dir else None, "run.resume": resume or None, "faces.data.source": face_source,
         "faces.train.epochs": epochs, "seed": seed, "faces.train.device": device, "model.backbone": backbone,
-        "model.backbone_width": backbone_width, "model.backbone_params": backbone_params})
+        "model.backbone_width": backbone_width, "model.backbone_params": backbone_params, "faces.train.gpus": gpus})
     from facenas.cli.progress import RichEpochs
     from facenas.space.arch import Arch
+    from facenas.train.distributed import launch_local, launched, world_from_env
     from facenas.train.face_job import train_faces
 
     name = cfg.model.backbone if cfg.task == "faces" else None
@@ -414,7 +417,13 @@ def train(
         if not arch.is_file():
             fail(f"architecture file {arch} does not exist")
         architecture = run_guarded(lambda: Arch.from_json(arch.read_text()))
+    if cfg.task == "faces" and cfg.faces.train.gpus > 1 and not launched():
+        code = run_guarded(launch_local, cfg, arch.resolve() if arch is not None else None, verbose=verbose)
+        raise typer.Exit(code)
     label = architecture.short() if architecture is not None else name
+    if not world_from_env().is_main:  # the other ranks of a DDP run train quietly; rank 0 reports
+        run_guarded(train_faces, architecture, cfg)
+        return
     with RichEpochs(console, cfg.faces.train.epochs, f"train {label}") as bar:
         report = run_guarded(train_faces, architecture, cfg, on_epoch=bar.update)
     out.print_json(json.dumps({k: report[k] for k in ("arch_short", "params", "macs", "epochs", "heldout_accuracy",

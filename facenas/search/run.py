@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from facenas import __version__
-from facenas.config import Config, SearchSpec, resolved_dict, to_yaml
+from facenas.config import EXECUTION_KEYS, Config, SearchSpec, resolved_dict, to_yaml
 from facenas.errors import JournalError, SearchAborted
 from facenas.search.evaluator import EpochMetrics, Evaluator
 from facenas.search.executor import CandidateFailed, Executor, Pool, SerialPool, Task
@@ -181,7 +181,7 @@ def fingerprint_data(config: Config) -> dict[str, Any]:
     data.pop("name", None)
     data.pop("run", None)
     data.pop("final", None)
-    for key in ("device", "threads", "eval_batch_size", "stream", "workers", "prefetch"):
+    for key in EXECUTION_KEYS:
         data["train"].pop(key, None)
         data["faces"]["train"].pop(key, None)
     data["data"].pop("root", None)

@@ -7,15 +7,15 @@ accuracy on its augmented batches, as the authors measured it.
 Speed: the whole split lives on the training device as uint8, batches are cut by index and augmented in a few
 tensor ops (`BatchAugment`), and validation runs in large batches under `inference_mode`. Determinism: the
 shuffle and the augmentation of epoch e come from a generator seeded by (seed, e), so a run resumed at epoch e
-sees exactly the batches an uninterrupted run would have seen.
+sees exactly the batches an uninterrupted run would have seen. The step, the running sums (read every 16 steps,
+not every step) and the resumable state are the face trainer's too (`core.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from typing import Any, Callable, Optional, Protocol
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -25,55 +25,24 @@ from torch import nn
 from facenas.config import TrainConfig
 from facenas.data.arrays import ImageSet
 from facenas.data.batch_aug import BatchAugment
-from facenas.errors import NonFiniteLossError
+from facenas.train.core import (
+    Checkpointer,
+    RunningSums,
+    Stepper,
+    autocast,
+    compiled,
+    restore_rng,
+    rng_state,
+    use_channels_last,
+)
 from facenas.train.metrics import EpochMetrics
 from facenas.train.optim import CosineSchedule, make_optimizer
-
-_NAN_CHECK_EVERY = 16  # steps between finiteness checks (each one is a device sync on GPU)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from facenas.errors import ConfigError
-
-        raise ConfigError(f"train.device = {name!r} but CUDA is not available on this machine; use cpu or auto")
-    return device
-
-
-def autocast(device: torch.device, precision: str) -> Any:
-    """The autocast context for a precision name (fp32: none)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        from facenas.errors import ConfigError
-
-        raise ConfigError("train.precision = fp16 needs a CUDA device; use bf16 on the CPU")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def use_channels_last(model: nn.Module, device: torch.device, setting: str, precision: str) -> bool:
-    """Measured on a Xeon with oneDNN: NHWC is 1.2-1.6x faster from width 16 up and slower below it."""
-    if setting != "auto":
-        return setting == "on"
-    if device.type == "cuda":
-        return precision != "fp32"
-    arch = getattr(model, "arch", None)
-    return arch is not None and arch.width >= 16
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed(int(np.random.SeedSequence([seed, epoch, 7]).generate_state(1)[0]))
     return gen
-
-
-class Checkpointer(Protocol):
-    def load(self) -> Optional[dict[str, Any]]: ...
-
-    def save(self, state: dict[str, Any]) -> None: ...
 
 
 @torch.inference_mode()
@@ -122,18 +91,21 @@ def fit_classifier(model: nn.Module, train: ImageSet, val: ImageSet, *, cfg: Tra
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:  # checkpoints before facenas 0.10 hold no scaler or RNG state
+            scaler.load_state_dict(state["scaler"])
+        restore_rng(state.get("rng"))
         history = [EpochMetrics.from_dict(e) for e in state["history"]]
         start_epoch = len(history)
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    stepper = Stepper(optimizer, scaler, cfg.grad_clip)
+    forward = compiled(model, cfg.compile)
     for epoch in range(start_epoch, epochs):
         began = time.perf_counter()
         gen = epoch_generator(seed, epoch)
         schedule.start_epoch(epoch)
         order = torch.randperm(len(train), generator=gen).to(device)
         model.train()
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        sums = RunningSums(device)
         lr_first = math.nan
         for step, index in enumerate(order.split(cfg.batch_size)):
             schedule.before_step(epoch, step)
@@ -142,29 +114,22 @@ def fit_classifier(model: nn.Module, train: ImageSet, val: ImageSet, *, cfg: Tra
             x = augment(x_train[index], gen).contiguous(memory_format=memory_format)
             y = y_train[index]
             with cast:
-                logits = model(x)
+                logits = forward(x)
                 loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.detach().double() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            if step % _NAN_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
-                raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
-        train_loss = loss_sum.item() / len(train)
-        if not math.isfinite(train_loss):
-            raise NonFiniteLossError(f"training loss became {train_loss} in epoch {epoch + 1}")
+            stepper(loss)
+            sums.add(loss, (logits.detach().argmax(1) == y).sum(), len(y))
+            sums.check(epoch, step)
+        sums.check(epoch, steps_per_epoch - 1, force=True)
+        totals = sums.totals()
         val_acc, val_loss = evaluate(model, x_val, y_val, augment, cfg.eval_batch_size, cfg.precision,
                                      memory_format)
-        metrics = EpochMetrics(epoch=epoch, train_acc=100.0 * correct.item() / len(train), val_acc=val_acc,
-                               train_loss=train_loss, val_loss=val_loss, lr=lr_first,
+        metrics = EpochMetrics(epoch=epoch, train_acc=100.0 * totals["correct"] / len(train), val_acc=val_acc,
+                               train_loss=totals["loss_sum"] / len(train), val_loss=val_loss, lr=lr_first,
                                seconds=time.perf_counter() - began)
         history.append(metrics)
         if checkpoint is not None:
             checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scaler": scaler.state_dict(), "rng": rng_state(),
                              "history": [e.to_dict() for e in history]})
         if on_epoch is not None:
             on_epoch(metrics)

@@ -18,7 +18,8 @@ from facenas.data.sources import dataset_info, load_splits
 from facenas.models import build_model
 from facenas.space.arch import Arch, Profile
 from facenas.space.profiles import classification_profile
-from facenas.train.classify import fit_classifier, resolve_device
+from facenas.train.classify import fit_classifier
+from facenas.train.core import resolve_device
 from facenas.train.metrics import EpochMetrics, Metrics
 
 
@@ -128,7 +129,10 @@ class FaceEvaluator(_ConfigEvaluator):
         began = time.perf_counter()
         device = setup_torch(self.config)
         cfg, data, score = self.config.faces.train, self.config.faces.data, self.config.faces.score
-        splits = load_face_splits(data, self.config.seed, stream=cfg.stream == "on")
+        stream = cfg.stream == "on"
+        # decoded once per run, memory-mapped by every candidate's process (`run.cache`)
+        cache = self.config.out_dir() / "cache" if self.config.run.cache and not stream else None
+        splits = load_face_splits(data, self.config.seed, stream=stream, cache=cache)
         if score.common_random_numbers:
             seed = self.config.seed  # every candidate sees the same data order, augmentation and init stream
         scorer = make_scorer(splits.heldout, score, per_fold=data.heldout_pairs_per_fold, folds=data.pair_folds,

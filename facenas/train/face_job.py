@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from facenas import __version__
-from facenas.config import Config, VerifySetConfig, to_yaml
+from facenas.config import EXECUTION_KEYS, Config, VerifySetConfig, to_yaml
 from facenas.data.faces.images import Preprocess
 from facenas.data.faces.splits import load_face_splits
 from facenas.data.faces.types import PairSet
@@ -28,6 +28,7 @@ from facenas.errors import ConfigError
 from facenas.models.backbones import BackboneSpec, check_timm_name, params_for_budget
 from facenas.models.checkpoint import describe_face_model
 from facenas.space.arch import Arch
+from facenas.train.distributed import World, process_group, rank_device
 from facenas.train.evaluators import face_profile, setup_torch
 from facenas.train.faces import FaceRun, fit_face, new_run, steps_per_epoch
 from facenas.train.final import FileCheckpoint, atomic_torch_save
@@ -70,18 +71,20 @@ def load_benchmarks(sets: tuple[VerifySetConfig, ...], prep: Preprocess) -> dict
 
 
 class _Logger:
-    """CSV of epochs and TensorBoard scalars."""
+    """CSV of epochs and TensorBoard scalars (rank 0 only under DDP)."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, every: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(out / "tensorboard"))
         self.csv = out / "metrics.csv"
+        self.every = every
 
-    def step(self, run: FaceRun, values: dict[str, float]) -> None:
-        if run.global_step % 10 == 0:
+    def step(self, run: FaceRun, values: dict[str, Any]) -> None:
+        """Every `every` steps: the one place a training step's loss is read back from the device."""
+        if run.global_step % self.every == 0:
             for key, value in values.items():
-                self.writer.add_scalar(f"train/{key}", value, run.global_step)
+                self.writer.add_scalar(f"train/{key}", float(value), run.global_step)
 
     def epoch(self, metrics: EpochMetrics, step: int) -> None:
         row = {k: v for k, v in metrics.to_dict().items() if k != "extra"} | metrics.extra
@@ -132,30 +135,42 @@ def train_faces(arch: Optional[Arch], config: Config, *,
         arch = net = retarget(arch, config)
         network = {"arch": arch.to_dict()}
     out = config.out_dir()
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(config))  # `facenas export` finds the held-out pairs through it
     device = setup_torch(config)
+    with process_group(device) as world:
+        return _train(arch, backbone, net, network, config, out, rank_device(world, device), world, on_epoch)
+
+
+def _train(arch: Optional[Arch], backbone: Optional[BackboneSpec], net: Arch | BackboneSpec,
+           network: dict[str, Any], config: Config, out: Path, device: Any, world: World,
+           on_epoch: Optional[Callable[[EpochMetrics], None]]) -> dict[str, Any]:
+    """One process's part of the run: every rank trains, rank 0 alone writes (returns {} elsewhere)."""
     cfg = config.faces.train
+    if world.is_main:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(config))  # `facenas export` finds the held-out pairs through it
     # auto streams, except where bad images are to be skipped: skipping needs every image decoded first
     stream = cfg.stream == "on" or (cfg.stream == "auto" and not config.faces.data.skip_bad)
     splits = load_face_splits(config.faces.data, config.seed, stream=stream)
-    benchmarks = load_benchmarks(config.faces.verify, splits.preprocess)
+    benchmarks = load_benchmarks(config.faces.verify, splits.preprocess) if world.is_main else {}
     preprocess = {**splits.preprocess.to_dict(), "mean": 127.5, "std": 127.5, "color": "RGB",
                   "align": "arcface-112 (insightface norm_crop) where landmarks are known"}
     identity = {**network, "seed": config.seed, "epochs": cfg.epochs,
                 "data": config.faces.data.model_dump(mode="json"),
-                "train": cfg.model_dump(mode="json", exclude={"device", "threads", "eval_batch_size", "stream",
-                                                              "workers", "prefetch"})}
+                "train": cfg.model_dump(mode="json", exclude=set(EXECUTION_KEYS))}
     checkpoint = FileCheckpoint(out / "checkpoints" / "last.pt", identity, config.run.resume)
     steps = steps_per_epoch(len(splits.train), cfg.batch_size)
     run = new_run(arch, splits.train.num_identities, cfg, epochs=cfg.epochs, steps_per_epoch=steps, seed=config.seed,
-                  device=device, preprocess=preprocess, backbone=backbone)
+                  device=device, preprocess=preprocess, backbone=backbone, world=world)
     state = checkpoint.load()
     if state is not None:
         run.load_state_dict(state)
+    if not world.is_main:
+        fit_face(run, splits.train, cfg=cfg, augment=config.faces.data.augment, epochs=cfg.epochs,
+                 seed=config.seed, device=device, checkpoint=checkpoint, world=world)
+        return {}
     if not config.run.resume and (out / "metrics.csv").exists():
         (out / "metrics.csv").unlink()
-    logger = _Logger(out)
+    logger = _Logger(out, cfg.log_every)
     began = time.perf_counter()
 
     def epoch_done(metrics: EpochMetrics) -> None:
@@ -166,7 +181,7 @@ def train_faces(arch: Optional[Arch], config: Config, *,
     try:
         history = fit_face(run, splits.train, cfg=cfg, augment=config.faces.data.augment, epochs=cfg.epochs,
                            seed=config.seed, device=device, pairs=splits.pairs, benchmarks=benchmarks,
-                           on_epoch=epoch_done, on_step=logger.step, checkpoint=checkpoint)
+                           on_epoch=epoch_done, on_step=logger.step, checkpoint=checkpoint, world=world)
     finally:
         logger.close()
     model_path = out / "model.pt"
@@ -183,7 +198,8 @@ def train_faces(arch: Optional[Arch], config: Config, *,
         "xnorm": last.extra.get("xnorm"), "benchmarks": {k[:-4]: v for k, v in last.extra.items()
                                                          if k.endswith("_acc")},
         "model": str(model_path), "checkpoint": str(checkpoint.path),
-        "session_wall_s": time.perf_counter() - began, "facenas_version": __version__,
+        "session_wall_s": time.perf_counter() - began, "processes": world.size,
+        "facenas_version": __version__,
         "test_people": test_people_report(run.model, splits, cfg.eval_batch_size, device),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

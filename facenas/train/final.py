@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from facenas import __version__
-from facenas.config import Config
+from facenas.config import EXECUTION_KEYS, Config
 from facenas.data.batch_aug import BatchAugment
 from facenas.data.sources import load_splits
 from facenas.errors import ConfigError, TrainingError
@@ -78,7 +78,7 @@ def train_final(arch: Arch, config: Config, *, on_epoch: Optional[Callable[[Epoc
     augment = BatchAugment(spec, splits.train.side, device)
     identity = {"arch": arch.to_dict(), "epochs": config.final.epochs, "seed": config.seed,
                 "data": config.data.model_dump(mode="json", exclude={"root", "download"}),
-                "train": config.train.model_dump(mode="json", exclude={"device", "threads", "eval_batch_size"})}
+                "train": config.train.model_dump(mode="json", exclude=set(EXECUTION_KEYS))}
     checkpoint = FileCheckpoint(out / "checkpoint.pt", identity, config.run.resume)
     every = config.final.checkpoint_every
 

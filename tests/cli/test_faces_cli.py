@@ -39,6 +39,8 @@ def test_face_search_train_and_eval(tmp_path, tiny_face_config_data):
     assert result.exit_code == 0, result.output
     best = tmp_path / "search" / "best_arch.json"
     assert json.loads(best.read_text())["profile"]["head"] == "embedding"
+    # the candidates' sets were decoded once, into the run directory, for every candidate to map
+    assert len(list((tmp_path / "search" / "cache").glob("faces-*/heldout.images.npy"))) == 1
     result = runner.invoke(app, ["train", "--arch", str(best), "-c", str(config), "--out", str(tmp_path / "train"),
                                  "--epochs", "2"])
     assert result.exit_code == 0, result.output

@@ -75,3 +75,38 @@ def test_classifier_returns_cosines():
     clf = NormalizedClassifier(4, 3)
     cos = clf(torch.randn(6, 4))
     assert cos.shape == (6, 3) and cos.abs().max() <= 1 + 1e-6
+
+
+def test_partial_fc_on_one_process_at_rate_1_is_the_plain_margin_head():
+    from facenas.train.partial_fc import PartialFC
+
+    torch.manual_seed(0)
+    head = MarginHead(8, 12, 32.0, 1.0, 0.5, 0.0)
+    partial = PartialFC(8, 12, MarginSoftmax(32.0, 1.0, 0.5, 0.0))
+    with torch.no_grad():
+        partial.weight.copy_(head.classifier.weight)
+    embeddings = torch.randn(10, 8, requires_grad=True)
+    labels = torch.randint(0, 12, (10,))
+    loss, cosine = head(embeddings, labels)
+    (grad_e, grad_w) = torch.autograd.grad(loss, [embeddings, head.classifier.weight])
+    loss_p, correct = partial(embeddings, labels, global_size=10, step=0)
+    (grad_pe, grad_pw) = torch.autograd.grad(loss_p, [embeddings, partial.weight])
+    torch.testing.assert_close(loss_p, loss)
+    torch.testing.assert_close(grad_pe, grad_e)
+    torch.testing.assert_close(grad_pw, grad_w)
+    assert int(correct) == int((cosine.argmax(1) == labels).sum())
+
+
+def test_partial_fc_samples_every_positive_class_and_the_rate_of_the_rest():
+    from facenas.train.partial_fc import PartialFC
+
+    partial = PartialFC(4, 100, MarginSoftmax(16.0, 1.0, 0.3, 0.0), sample_rate=0.2, seed=3)
+    labels = torch.tensor([5, 7, 7, 93])
+    index, column = partial._sample(labels, step=11)
+    assert len(index) == 20 and {5, 7, 93} <= set(index.tolist())
+    assert torch.equal(index[column], labels)  # each label's column points at its own class
+    again, _ = partial._sample(labels, step=11)
+    other, _ = partial._sample(labels, step=12)
+    assert torch.equal(again, index) and not torch.equal(other, index)  # seeded by the step: resumes sample alike
+    loss, _ = partial(torch.randn(4, 4), labels, global_size=4, step=11)
+    assert torch.isfinite(loss)

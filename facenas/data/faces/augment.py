@@ -60,3 +60,17 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     if len(starts) > 1 and n - starts[-1] == 1:
         starts.pop()
     return [(start, starts[i + 1] if i + 1 < len(starts) else n) for i, start in enumerate(starts)]
+
+
+def rank_bounds(n: int, batch_size: int, world_size: int = 1) -> list[tuple[int, int, int]]:
+    """(step, start, end) of the batches an epoch trains with `world_size` processes: `batch_bounds`, less a last
+    batch too small to give each process the two samples BatchNorm needs (only with several processes)."""
+    return [(step, start, end) for step, (start, end) in enumerate(batch_bounds(n, batch_size))
+            if world_size == 1 or end - start >= 2 * world_size]
+
+
+def rank_share(start: int, end: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rank `rank`'s contiguous share of the positions [start, end) of a global batch; shares differ by at most
+    one sample."""
+    n = end - start
+    return start + n * rank // world_size, start + n * (rank + 1) // world_size

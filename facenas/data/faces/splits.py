@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from facenas import __version__
 from facenas.config import FaceDataConfig
+from facenas.data.faces.cache import decoded_once, source_stamp
 from facenas.data.faces.images import Preprocess
 from facenas.data.faces.pairs import pairs_from_faces
-from facenas.data.faces.sources import ArraySource, FaceSource, materialize, open_source
+from facenas.data.faces.sources import ArraySource, FaceSource, Materialized, materialize, open_source
 from facenas.data.faces.stream import FaceStream
 from facenas.data.faces.synthetic import synthetic_faces
 from facenas.data.faces.types import FaceSet, PairSet
@@ -80,30 +83,47 @@ def _items(labels: np.ndarray, identities: np.ndarray, cap: Optional[int], seed:
 
 
 @lru_cache(maxsize=2)
-def load_face_splits(cfg: FaceDataConfig, seed: int, stream: bool = False) -> FaceSplits:
+def load_face_splits(cfg: FaceDataConfig, seed: int, stream: bool = False, cache: Optional[Path] = None
+                     ) -> FaceSplits:
     """The run's training identities and held-out pairs (cached per process). The held-out (and test) faces are
     decoded into memory; the training faces too, or with `stream` they are listed only and read while training
     (`FaceStream`): then a bad training image stops training with an error naming it, as `skip_bad` cannot skip
-    what has not been read (check a set first with `facenas data inspect`)."""
+    what has not been read (check a set first with `facenas data inspect`).
+
+    With `cache` (a folder in the run directory) the decoded sets are decoded by the first process of the run and
+    memory-mapped by every other (`facenas.data.faces.cache`)."""
     source = open_face_source(cfg)
     train_ids, heldout_ids, test_ids = choose_identities(source.labels, cfg, seed)
     prep = Preprocess(size=cfg.size, channels=cfg.channels, crop_fraction=cfg.crop_fraction)
     train_items = _items(source.labels, train_ids, cfg.max_images_per_identity, seed)
+    wanted = {"heldout": _items(source.labels, heldout_ids, cfg.max_images_per_identity, seed + 1)}
+    if not stream:
+        wanted["train"] = train_items
+    if len(test_ids):
+        wanted["test"] = _items(source.labels, test_ids, cfg.max_images_per_identity, seed + 2)
+
+    def decode() -> dict[str, tuple[FaceSet, list[str]]]:
+        decoded = {name: materialize(source, items, prep, skip_bad=cfg.skip_bad) for name, items in wanted.items()}
+        return {name: (m.faces, m.problems) for name, m in decoded.items()}
+
+    if cache is None:
+        sets = decode()
+    else:
+        key = {"data": cfg.model_dump(mode="json"), "seed": seed, "sets": sorted(wanted), "version": __version__,
+               **(source_stamp(cfg.source) if cfg.source != "synthetic" else {})}
+        sets = decoded_once(cache, key, decode)
     train: FaceSet | FaceStream
     if stream:
         train, train_problems = FaceStream.of(source, train_items, prep), []
     else:
-        decoded = materialize(source, train_items, prep, skip_bad=cfg.skip_bad)
-        train, train_problems = decoded.faces, decoded.problems
-    held = materialize(source, _items(source.labels, heldout_ids, cfg.max_images_per_identity, seed + 1), prep,
-                       skip_bad=cfg.skip_bad)
+        train, train_problems = sets["train"]
+    held = Materialized(*sets["heldout"])
     pairs = pairs_from_faces(held.faces, cfg.heldout_pairs_per_fold, folds=cfg.pair_folds, seed=seed,
                              name="heldout")
     problems = tuple(getattr(source, "problems", [])) + tuple(train_problems) + tuple(held.problems)
     test = test_pairs = None
     if len(test_ids):
-        tested = materialize(source, _items(source.labels, test_ids, cfg.max_images_per_identity, seed + 2), prep,
-                             skip_bad=cfg.skip_bad)
+        tested = Materialized(*sets["test"])
         test = tested.faces
         test_pairs = pairs_from_faces(test, cfg.test_pairs_per_fold or cfg.heldout_pairs_per_fold,
                                       folds=cfg.pair_folds, seed=seed + 2,

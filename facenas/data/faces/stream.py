@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from facenas.config import FaceAugmentConfig
-from facenas.data.faces.augment import augment_image, batch_bounds, epoch_order, make_augment
+from facenas.data.faces.augment import augment_image, epoch_order, make_augment, rank_bounds, rank_share
 from facenas.data.faces.images import Preprocess, prepare
 from facenas.data.faces.sources import FaceSource
 
@@ -82,26 +82,33 @@ class FaceStream(Dataset):
 
 
 class EpochBatches(Sampler[list[Key]]):
-    """An epoch's batches as `FaceStream` keys, in the in-memory trainer's order, from step `start_step` on.
+    """An epoch's batches as `FaceStream` keys, in the in-memory trainer's order, from step `start_step` on; under
+    DDP each rank's (`rank` of `world_size`) share of every global batch, as `facenas.train.distributed` describes.
 
-    Iterated in the training process, so `set_epoch` reaches it even with persistent workers.
+    Iterated in the training process, so `set_epoch` reaches it even with persistent workers. `steps()` gives the
+    step number of each batch the loader yields.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.batch_size, self.seed, self.rank, self.world_size = n, batch_size, seed, rank, world_size
         self.epoch, self.start_step = 0, 0
-        self.bounds = batch_bounds(n, batch_size)
+        self.bounds = rank_bounds(n, batch_size, world_size)
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         self.epoch, self.start_step = epoch, start_step
 
+    def steps(self) -> list[int]:
+        return [step for step, _, _ in self.bounds if step >= self.start_step]
+
     def __iter__(self) -> Iterator[list[Key]]:
         order = epoch_order(self.n, self.seed, self.epoch)
-        for start, end in self.bounds[self.start_step:]:
-            yield [(self.epoch, p, int(order[p])) for p in range(start, end)]
+        for step, start, end in self.bounds:
+            if step >= self.start_step:
+                lo, hi = rank_share(start, end, self.rank, self.world_size)
+                yield [(self.epoch, p, int(order[p])) for p in range(lo, hi)]
 
     def __len__(self) -> int:
-        return len(self.bounds) - self.start_step
+        return len(self.steps())
 
 
 def _collate(batch: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
