@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import random
 from typing import Any, Optional
@@ -216,7 +217,9 @@ def test_process_pool_trains_in_child_processes_with_the_serial_result():
         result = run_search(spec, PROFILE, evaluator, journal, pool, seed=0, events=Epochs())
         assert result == want_result and path_of(journal) == want_path
         finished = journal.records(("finished",))
-        assert len(epochs) == sum(r.candidate.epochs for r in finished)  # epochs streamed from the children
+        # every finished candidate's epochs streamed from its child (cancelled ones may have streamed some too)
+        streamed = collections.Counter(epochs)
+        assert all(streamed[r.index] >= r.candidate.epochs for r in finished)
         assert all(len(journal.epochs(r.id)) == r.candidate.epochs for r in finished)
 
 

@@ -213,3 +213,17 @@ def test_facenas_train_streams_by_default_and_matches_training_from_memory(tmp_p
     losses = [[float(row["train_loss"]) for row in csv.DictReader((tmp_path / mode / "metrics.csv").open())]
               for mode in ("off", "auto")]
     assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_torch_compile_trains_as_eager_does(tiny_face_config_data):
+    """`faces.train.compile` compiles the step's model and head (inductor); the run is the eager one but for
+    the order of floating-point sums."""
+    data = dict(tiny_face_config_data)
+    results = {}
+    for mode in ("off", "default"):
+        data["faces"] = {**data["faces"], "train": {**data["faces"]["train"], "compile": mode}}
+        cfg = parse_config(data)
+        run, splits = _fresh(cfg, 1)
+        results[mode] = fit_face(run, splits.train, cfg=cfg.faces.train, augment=cfg.faces.data.augment, epochs=1,
+                                 seed=0, device=torch.device("cpu"))
+    assert results["default"][0].train_loss == pytest.approx(results["off"][0].train_loss, rel=1e-3)

@@ -89,3 +89,48 @@ def test_a_nan_loss_raises_a_clear_error():
     arch = Arch.uniform(8, 4, profile_for_config(ev.config))
     with pytest.raises(NonFiniteLossError, match="training loss became"):
         ev.evaluate(arch, 2, seed=0)
+
+
+class _Store:
+    def __init__(self, state=None):
+        self.state = state
+
+    def load(self):
+        return self.state
+
+    def save(self, state):
+        self.state = {k: v for k, v in state.items()}
+
+
+def test_a_classifier_checkpoint_resumes_with_its_scaler_and_rng_and_old_ones_still_load():
+    from facenas.data.batch_aug import BatchAugment
+    from facenas.data.sources import load_splits
+    from facenas.models import build_model
+    from facenas.train.classify import fit_classifier
+    from facenas.train.evaluators import augment_spec
+
+    cfg = digits_config()
+    splits = load_splits(cfg.data, cfg.seed)
+    augment = BatchAugment(augment_spec(cfg.data, splits.train), splits.train.side, torch.device("cpu"))
+    arch = Arch.uniform(8, 4, profile_for_config(cfg))
+
+    class Killed(Exception):
+        pass
+
+    def stop(metrics):
+        raise Killed
+
+    def fit(epochs, store, on_epoch=None):
+        torch.manual_seed(0)
+        return fit_classifier(build_model(arch), splits.train, splits.val, cfg=cfg.train, augment=augment,
+                              epochs=epochs, seed=3, device=torch.device("cpu"), checkpoint=store, on_epoch=on_epoch)
+
+    straight = fit(3, _Store())
+    store = _Store()
+    with pytest.raises(Killed):
+        fit(3, store, on_epoch=stop)  # killed after its first epoch's checkpoint
+    assert {"scaler", "rng"} <= set(store.state)  # the same resumable state as the face trainer's
+    resumed = fit(3, store)
+    assert [e.val_acc for e in resumed] == [e.val_acc for e in straight]
+    old = {k: v for k, v in store.state.items() if k not in ("scaler", "rng")}  # before the shared core
+    assert len(fit(3, _Store(old))) == 3
