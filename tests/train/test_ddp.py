@@ -54,17 +54,21 @@ def test_a_rank_takes_a_contiguous_share_of_each_global_batch():
     assert SINGLE.shard(10, 21) == (10, 21)
 
 
+def _assert_same_run(a: dict, b: dict) -> None:
+    """Equal weights, centres and losses but for the order of floating-point sums."""
+    for key in b["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a["head"]["classifier.weight"], b["head"]["classifier.weight"], rtol=1e-4, atol=1e-5)
+    assert a["losses"] == pytest.approx(b["losses"], rel=1e-5)
+
+
 def test_two_processes_train_exactly_as_one_without_batchnorm(tmp_path, tiny_face_config_data):
     """Without BatchNorm nothing but summation order separates the runs: the shares' loss weights make DDP's
     gradient average the global batch's mean, also for the shares of the short last batch."""
     data = _cfg(tiny_face_config_data)
     one = _train(1, data, tmp_path / "one", 2, linear=True)
     two = _train(2, data, tmp_path / "two", 2, linear=True)
-    for key in one["model"]:
-        torch.testing.assert_close(two["model"][key], one["model"][key], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(two["head"]["classifier.weight"], one["head"]["classifier.weight"],
-                               rtol=1e-4, atol=1e-5)
-    assert two["losses"] == pytest.approx(one["losses"], rel=1e-5)
+    _assert_same_run(two, one)
 
 
 def _per_share_batchnorm_run(cfg_data: dict, world_size: int, epochs: int) -> dict:
@@ -145,11 +149,7 @@ def test_partial_fc_on_two_processes_trains_as_on_one(tmp_path, tiny_face_config
     assert two["head"]["classifier.weight"].shape == (20, 16)  # gathered: every class
     if sample_rate == 1.0:
         one = _train(1, data, tmp_path / "one", 2, linear=True)
-        for key in one["model"]:
-            torch.testing.assert_close(two["model"][key], one["model"][key], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(two["head"]["classifier.weight"], one["head"]["classifier.weight"],
-                                   rtol=1e-4, atol=1e-5)
-        assert two["losses"] == pytest.approx(one["losses"], rel=1e-5)
+        _assert_same_run(two, one)
     assert two["losses"][-1] < two["losses"][0]
     crashed = tmp_path / "crashed"
     assert _train(2, data, crashed, 2, crash_at=(1, 1), linear=True) is None
