@@ -98,7 +98,9 @@ class TorchEmbedder:
     def embed(self, images: np.ndarray) -> np.ndarray:
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).float()
+        array = np.ascontiguousarray(images)
+        # a read-only array (a memory-mapped set) is copied: torch cannot share memory it may not write
+        x = (torch.from_numpy(array) if array.flags.writeable else torch.tensor(array)).to(self.device).float()
         x = (x - MEAN) / STD
         with torch.inference_mode():
             return self.model(x).float().cpu().numpy()

@@ -73,3 +73,18 @@ def test_cached_splits_equal_freshly_decoded_ones(tmp_path, tiny_face_config_dat
     np.testing.assert_array_equal(cached.pairs.images, fresh.pairs.images)
     np.testing.assert_array_equal(cached.test_pairs.issame, fresh.test_pairs.issame)
     assert cached.description == fresh.description and isinstance(cached.train.images, np.memmap)
+
+
+def test_mapped_faces_embed_without_torch_warning_about_read_only_memory(tmp_path):
+    import warnings
+
+    import torch
+
+    from facenas.evaluate.verify import TorchEmbedder
+
+    sets = decoded_once(tmp_path, {"k": 1}, _sets)
+    images = sets["train"][0].images[:4]
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # each candidate process would print it once
+        assert TorchEmbedder(model, 16, 3).embed(images).shape == (4, 4)
