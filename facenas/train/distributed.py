@@ -100,6 +100,9 @@ def process_group(device: torch.device) -> Iterator[World]:
     torch.distributed.init_process_group(backend)
     try:
         yield world
+        # every rank done with its collectives before any tears its connections down (gloo aborts a process whose
+        # peer closes mid-transfer); after an error torchrun stops the others instead
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
