@@ -5,7 +5,7 @@ and time. Each of the W ranks holds the centres of 1/W of the classes (`World.sh
 gathers every rank's embeddings and labels (the global batch), and each rank scores them against the positive
 classes of its shard plus randomly sampled negatives, `sample_rate` of its shard in all. The softmax runs over the
 union of the ranks' sampled classes: its maximum and its normaliser are reduced across the ranks
-(`torch.distributed.nn.functional`, whose collectives carry gradients), and the margin is the plain head's
+(collectives that carry gradients, written on all_gather and all_reduce), and the margin is the plain head's
 (`MarginSoftmax`).
 
 Gradients, exactly those of the global batch's mean loss: every rank computes that loss and back-propagates a W-th
@@ -21,7 +21,6 @@ uninterrupted one. Checkpoints hold the whole matrix (gathered), so a run resume
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
@@ -32,22 +31,52 @@ from torch import nn
 from facenas.train.distributed import SINGLE, World
 from facenas.train.losses import MarginSoftmax
 
-# torch 2.14 marks its autograd collectives deprecated in favour of a private module; they are the public API that
-# carries gradients through all_gather / all_reduce, so they are used, without a warning at every step.
-warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional", category=FutureWarning)
 
+class _GatherRows(torch.autograd.Function):
+    """Every rank's (equal-sized) block of rows, in rank order. Backward: this rank's rows of the gradient summed
+    over the ranks, times `scale`.
 
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward; the gradient multiplied by `factor` (the world size, undoing DDP's average)."""
+    Written on `all_gather` and `all_reduce` because gloo has no reduce-scatter (torch's autograd collectives emulate
+    it with all-to-all there) and those collectives are deprecated; the summed gradient costs W x the rows of a
+    reduce-scatter, small next to the backbone's DDP all-reduce."""
 
     @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor, factor: float) -> torch.Tensor:
-        ctx.factor = factor
-        return tensor.view_as(tensor)
+    def forward(ctx: Any, tensor: torch.Tensor, scale: float) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.scale, ctx.rows = scale, tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad * ctx.factor, None
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.rows
+        return grad[start:start + ctx.rows] * ctx.scale, None
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """`all_reduce` (sum) that carries gradients: every rank's input receives the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        out = tensor.contiguous().clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 def class_centres(num_classes: int, embedding_dim: int, seed: int) -> torch.Tensor:
@@ -74,17 +103,21 @@ class PartialFC(nn.Module):
     def shard_size(self) -> int:
         return self.hi - self.lo
 
-    def _gather(self, tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-        """Every rank's rows, in rank order (shares may differ by one row: padded for the collective)."""
+    def _gather(self, tensor: torch.Tensor, sizes: list[int], scale: float = 1.0) -> torch.Tensor:
+        """Every rank's rows, in rank order (shares may differ by one row: padded for the collective); the
+        gradient that flows back is multiplied by `scale`."""
         if self.world.size == 1:
             return tensor
-        from torch.distributed.nn.functional import all_gather
-
         pad = max(sizes) - len(tensor)
         if pad:
             tensor = torch.cat([tensor, tensor.new_zeros((pad, *tensor.shape[1:]))])
-        parts = all_gather(tensor) if tensor.requires_grad else _plain_gather(tensor)
-        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+        if tensor.requires_grad:
+            gathered = _GatherRows.apply(tensor, scale)
+        else:
+            with torch.no_grad():
+                gathered = _GatherRows.apply(tensor, scale)
+        blocks = gathered.split(max(sizes))
+        return torch.cat([block[:size] for block, size in zip(blocks, sizes)])
 
     def _sample(self, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(sampled class indices in this shard, each label's column among them or -1)."""
@@ -112,8 +145,7 @@ class PartialFC(nn.Module):
         sizes = [hi - lo for lo, hi in (World(r, self.world.size).shard(0, global_size)
                                         for r in range(self.world.size))]
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            scaled = _ScaleGrad.apply(embeddings.float(), float(self.world.size))
-            all_embeddings = self._gather(scaled, sizes)
+            all_embeddings = self._gather(embeddings.float(), sizes, scale=float(self.world.size))
             all_labels = self._gather(labels, sizes)
             index, column = self._sample(all_labels, step)
             cosine = F.linear(F.normalize(all_embeddings), F.normalize(self.weight[index].float()))
@@ -148,9 +180,7 @@ class PartialFC(nn.Module):
             tensor = tensor.clone()
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
             return tensor
-        from torch.distributed.nn.functional import all_reduce
-
-        return all_reduce(tensor)
+        return _SumOverRanks.apply(tensor)
 
     def full_weight(self) -> torch.Tensor:
         """All classes' centres, gathered from the shards (a collective: every rank calls it)."""
@@ -168,10 +198,3 @@ class PartialFC(nn.Module):
         with torch.no_grad():
             self.weight.copy_(weight[self.lo:self.hi])
 
-
-def _plain_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
-    import torch.distributed as dist
-
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return parts
