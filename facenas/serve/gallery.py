@@ -5,6 +5,13 @@ enrolment and none half-written. Each face stores the id (sha256) of the model t
 by another model is refused at start. Identification multiplies the query by an in-memory matrix of normalised
 embeddings, rebuilt from SQLite at start and kept in step with every commit; from `faiss_min_faces` faces on, a
 faiss inner-product index is used where faiss is installed.
+
+Concurrency and scale: the matrix is a buffer that doubles when full, so an enrolment appends in amortised O(1)
+instead of copying every face. Rows below the published count are never written again (a deletion builds new
+buffers), so identification takes a snapshot (buffer, count, owners) under a lock held for microseconds (not the
+writers' lock, held through SQLite transactions) and multiplies outside it: enrolments and identifications run
+side by side. The writer connection is used under the writers' lock only; every reading thread has its own
+connection, so it never sees another thread's uncommitted transaction.
 """
 
 from __future__ import annotations
@@ -53,7 +60,8 @@ class Gallery:
     def __init__(self, path: str | Path, model_id: str, dim: int, faiss_min_faces: int = 50_000) -> None:
         self.path, self.model_id, self.dim = str(path), model_id, dim
         self.faiss_min_faces = faiss_min_faces
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # writers: one SQLite transaction at a time
+        self._index_lock = threading.Lock()  # the in-memory index's publication: held for microseconds
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -72,32 +80,68 @@ class Gallery:
                 "re-enrol the faces with this model")
         if not stored:
             self._db.execute("INSERT INTO meta (key, value) VALUES ('model_id', ?)", (model_id,))
+        self._readers = threading.local()
+        self._reader_connections: list[sqlite3.Connection] = []
+        self._faiss_missing = False  # looked for once: without faiss the matrix serves every size
         self._rebuild()
 
     def close(self) -> None:
+        for connection in self._reader_connections:
+            connection.close()
         self._db.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (WAL: it sees committed transactions only)."""
+        connection = getattr(self._readers, "db", None)
+        if connection is None:
+            uri = Path(self.path).absolute().as_uri() + "?mode=ro"
+            connection = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
+            self._readers.db = connection
+            with self._lock:
+                self._reader_connections.append(connection)
+        return connection
 
     # -- the in-memory index ----------------------------------------------------------------------------------
     def _rebuild(self) -> None:
         rows = self._db.execute("SELECT id, subject_id, embedding FROM faces ORDER BY id").fetchall()
-        self._face_ids = np.array([r[0] for r in rows], np.int64)
-        self._owners = [r[1] for r in rows]
-        self._matrix = (np.stack([np.frombuffer(r[2], np.float32) for r in rows]) if rows
-                        else np.zeros((0, self.dim), np.float32))
-        self._faiss = None
-        if len(rows) >= self.faiss_min_faces:
+        matrix = (np.stack([np.frombuffer(r[2], np.float32) for r in rows]) if rows
+                  else np.zeros((0, self.dim), np.float32))
+        buffer = np.zeros((max(16, 2 * len(rows)), self.dim), np.float32)
+        buffer[:len(rows)] = matrix
+        index = None
+        if len(rows) >= self.faiss_min_faces and not self._faiss_missing:
             try:
                 import faiss
 
                 index = faiss.IndexFlatIP(self.dim)
-                index.add(np.ascontiguousarray(self._matrix))
-                self._faiss = index
+                index.add(np.ascontiguousarray(matrix))
             except ImportError:
-                self._faiss = None
+                self._faiss_missing = True
+        with self._index_lock:  # new objects: a snapshot taken before keeps the old ones
+            self._buffer, self._owners, self._count, self._faiss = buffer, [r[1] for r in rows], len(rows), index
+
+    def _append(self, embeddings: np.ndarray, subject: str) -> None:
+        """Add rows at the end, doubling the buffer when full (the old buffer stays intact for snapshots);
+        called with `_index_lock` held."""
+        need = self._count + len(embeddings)
+        if need > len(self._buffer):
+            grown = np.zeros((max(need, 2 * len(self._buffer)), self.dim), np.float32)
+            grown[:self._count] = self._buffer[:self._count]
+            self._buffer = grown
+        self._buffer[self._count:need] = embeddings
+        self._owners.extend([subject] * len(embeddings))
+        self._count = need  # published last: a snapshot never sees a row being written
 
     @property
     def size(self) -> int:
-        return len(self._owners)
+        return self._count
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The enrolled embeddings, one row per face in enrolment order (a read-only view)."""
+        view = self._buffer[:self._count]
+        view.flags.writeable = False
+        return view
 
     # -- subjects -----------------------------------------------------------------------------------------------
     def create_subject(self, subject: str, name: Optional[str] = None) -> dict:
@@ -111,7 +155,7 @@ class Gallery:
         return {"id": subject, "name": name or subject, "faces": 0}
 
     def subjects(self) -> list[dict]:
-        rows = self._db.execute(
+        rows = self._reader().execute(
             "SELECT s.id, s.name, COUNT(f.id) FROM subjects s LEFT JOIN faces f ON f.subject_id = s.id "
             "GROUP BY s.id ORDER BY s.id").fetchall()
         return [{"id": r[0], "name": r[1], "faces": r[2]} for r in rows]
@@ -147,28 +191,28 @@ class Gallery:
                     cur = self._db.execute("INSERT INTO faces (subject_id, model_id, embedding, created_at) "
                                            "VALUES (?, ?, ?, ?)", (subject, self.model_id, emb.tobytes(), now))
                     ids.append(int(cur.lastrowid))
-            self._face_ids = np.concatenate([self._face_ids, np.asarray(ids, np.int64)])
-            self._owners.extend([subject] * len(ids))
-            self._matrix = np.concatenate([self._matrix, embeddings])
-            if self._faiss is not None:
-                self._faiss.add(np.ascontiguousarray(embeddings))
-            elif self.size >= self.faiss_min_faces:
+            with self._index_lock:
+                self._append(embeddings, subject)
+                if self._faiss is not None:
+                    self._faiss.add(np.ascontiguousarray(embeddings))
+            if self._faiss is None and self.size >= self.faiss_min_faces and not self._faiss_missing:
                 self._rebuild()
         return ids
 
     def identify(self, query: np.ndarray, top_k: int) -> list[Match]:
         """Best similarity per subject, best subjects first."""
-        with self._lock:
-            if not self._owners:
+        query = np.asarray(query, np.float32).reshape(1, -1)
+        with self._index_lock:  # never waits for an enrolment's SQLite transaction
+            buffer, count, owners, index = self._buffer, self._count, self._owners, self._faiss
+            if count == 0:
                 return []
-            query = np.asarray(query, np.float32).reshape(1, -1)
-            if self._faiss is not None:
-                k = min(self.size, max(top_k * 20, 100))
-                sims, idx = self._faiss.search(query, k)
-                pairs = [(self._owners[i], float(s)) for s, i in zip(sims[0], idx[0]) if i >= 0]
-            else:
-                sims = self._matrix @ query[0]
-                pairs = list(zip(self._owners, sims.tolist()))
+            if index is not None:  # faiss's index is not safe to search while another thread adds to it
+                k = min(count, max(top_k * 20, 100))
+                sims, idx = index.search(query, k)
+                pairs = [(owners[i], float(s)) for s, i in zip(sims[0], idx[0]) if i >= 0]
+        if index is None:  # outside the lock: rows below `count` are never written again
+            sims = buffer[:count] @ query[0]
+            pairs = list(zip(owners[:count], sims.tolist()))
         best: dict[str, float] = {}
         for owner, sim in pairs:
             if sim > best.get(owner, -2.0):

@@ -89,4 +89,75 @@ def test_a_kill_during_enrolment_loses_no_committed_enrolment_and_leaves_no_half
     faces = sqlite3.connect(db).execute("SELECT COUNT(*), COUNT(DISTINCT created_at) FROM faces").fetchone()
     assert faces[0] > 0 and faces[0] == 5 * faces[1]  # whole enrolments of five, never part of one
     g = Gallery(db, "model-a", 8)
-    assert g.size == faces[0] and np.allclose(np.linalg.norm(g._matrix, axis=1), 1, atol=1e-5)
+    assert g.size == faces[0] and np.allclose(np.linalg.norm(g.matrix, axis=1), 1, atol=1e-5)
+
+
+def _unit_rows(n, dim=8, seed=0):
+    rows = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_enrolment_appends_in_amortised_constant_time(tmp_path):
+    g = Gallery(tmp_path / "g.sqlite", "m", 8)
+    g.create_subject("a")
+    buffers = set()
+    for k in range(300):
+        g.enrol("a", _unit_rows(1, seed=k))
+        buffers.add(id(g._buffer))
+    assert g.size == 300 and len(buffers) <= 6  # doubling from 16: 16 -> 32 -> ... -> 512, not a copy per face
+    np.testing.assert_allclose(g.matrix[-1], _unit_rows(1, seed=299)[0])
+    assert not g.matrix.flags.writeable
+
+
+def test_identification_runs_while_another_thread_holds_the_lock(tmp_path):
+    import threading
+
+    g = Gallery(tmp_path / "g.sqlite", "m", 8)
+    g.create_subject("a")
+    rows = _unit_rows(40)
+    g.enrol("a", rows)
+    found = []
+    with g._lock:  # an enrolment in progress
+        worker = threading.Thread(target=lambda: found.extend(g.identify(rows[3], 1)))
+        worker.start()
+        worker.join(timeout=10)
+        assert not worker.is_alive()  # the product ran outside the lock
+    assert found[0].subject == "a" and found[0].similarity == pytest.approx(1.0, abs=1e-5)
+
+
+def test_readers_never_see_another_threads_uncommitted_transaction(tmp_path):
+    import threading
+
+    g = Gallery(tmp_path / "g.sqlite", "m", 8)
+    g.create_subject("a")
+    g._db.execute("BEGIN IMMEDIATE")  # the writer, mid-transaction
+    g._db.execute("INSERT INTO subjects (id, name, created_at) VALUES ('half', 'half', 0)")
+    seen = []
+    reader = threading.Thread(target=lambda: seen.extend(s["id"] for s in g.subjects()))
+    reader.start()
+    reader.join(timeout=10)
+    assert seen == ["a"]
+    g._db.execute("COMMIT")
+    assert [s["id"] for s in g.subjects()] == ["a", "half"]
+
+
+def test_without_faiss_a_large_gallery_is_not_rebuilt_at_every_enrolment(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_faiss(name, *args, **kwargs):
+        if name == "faiss":
+            raise ImportError("No module named 'faiss'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_faiss)
+    g = Gallery(tmp_path / "g.sqlite", "m", 8, faiss_min_faces=10)
+    g.create_subject("a")
+    rebuilds = []
+    original = g._rebuild
+    monkeypatch.setattr(g, "_rebuild", lambda: (rebuilds.append(1), original())[1])
+    for k in range(30):
+        g.enrol("a", _unit_rows(1, seed=k))
+    assert len(rebuilds) == 1 and g._faiss is None  # looked for faiss once, then the matrix serves
+    assert g.identify(_unit_rows(1, seed=29)[0], 1)[0].similarity == pytest.approx(1.0, abs=1e-5)
