@@ -37,6 +37,12 @@ class _Enough(Exception):
     pass
 
 
+def _sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so a clock reads what ran (nothing to wait for on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def face_config(rec: Path, args: argparse.Namespace, workers: int):
     model = {"stem_stride": 2, "reductions": 3, "embedding_dim": 128, "embedding_head": "gdc"}
     if args.backbone:
@@ -71,12 +77,10 @@ def timed_steps(cfg, args: argparse.Namespace) -> dict:
 
     def on_step(r, values) -> None:
         if r.global_step == args.warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            _sync(device)
             marks["start"] = time.perf_counter()
         if r.global_step == args.warmup + args.steps:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            _sync(device)
             marks["end"] = time.perf_counter()
             raise _Enough
 
@@ -107,13 +111,11 @@ def bare_steps(cfg, run, args: argparse.Namespace) -> dict:
     run.model.train()
     for k in range(args.warmup + args.steps):
         if k == args.warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            _sync(device)
             began = time.perf_counter()
         loss, _ = objective(images, labels)
         stepper(loss)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _sync(device)
     seconds = time.perf_counter() - began
     return {"steps": args.steps, "seconds": seconds, "steps_per_second": args.steps / seconds,
             "images_per_second": args.steps * train.batch_size / seconds}
