@@ -3,19 +3,22 @@
 1. Export a face model of the demo's size (the demo's trained model where `runs/demo/train/model.pt` exists,
    else freshly initialised weights: speed does not depend on them) and start `facenas serve` on 127.0.0.1.
 2. Several client threads post pairs of aligned 112x112 PNG crops to `/v1/verify` for a fixed time; requests/s,
-   p50/p99 latency and errors are recorded.
+   p50/p99 latency, errors and the CPU time of both processes per request are recorded. The clients use
+   http.client with prebuilt bodies: they share the cores with the service, so they should cost little.
 3. In this process, a plain loop decodes the same PNG pairs and computes their embeddings with onnxruntime (one
    batch of two per pair): the most a single process could do without HTTP, multipart parsing, checks and JSON.
 
-Prints the table and the ratio, and saves JSON to bench/results/serve_load.json.
+Service and ceiling alternate `--repeats` times; prints each pair and the mean ratio with its standard error, and
+saves JSON to bench/results/serve_load.json.
 
-    python bench/serve_load.py [--seconds 30] [--clients 4]
+    python bench/serve_load.py [--seconds 20] [--clients 4] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -23,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -60,44 +64,75 @@ def encoded_pairs(count: int = 32) -> list[tuple[bytes, bytes]]:
     return [(png[2 * i], png[2 * i + 1]) for i in range(count)]
 
 
-def load(url: str, pairs: list[tuple[bytes, bytes]], seconds: float, clients: int) -> dict:
-    import httpx
+def multipart(a: bytes, b: bytes, boundary: str = "facenas-bench-boundary") -> tuple[bytes, str]:
+    """The body of a /v1/verify request, built once: the load generator should spend the shared cores on sending,
+    not on encoding."""
+    parts = []
+    for name, data in (("image1", a), ("image2", b)):
+        parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}.png\"\r\n"
+                     "Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
+
+def load(url: str, pairs: list[tuple[bytes, bytes]], seconds: float, clients: int) -> dict:
+    """Closed-loop clients (each sends its next request when the last answer arrives) on keep-alive connections,
+    with the standard library's http.client and prebuilt bodies: a light generator, since it shares the cores with
+    the service. Records its own CPU time, so its share of the machine is in the figures."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    bodies = [multipart(a, b) for a, b in pairs]
     latencies: list[float] = []
     errors: dict[str, int] = {}
     lock = threading.Lock()
     stop_at = time.perf_counter() + seconds
 
     def client(k: int) -> None:
-        with httpx.Client(timeout=30) as http:
-            i = k
-            while time.perf_counter() < stop_at:
-                a, b = pairs[i % len(pairs)]
-                began = time.perf_counter()
-                try:
-                    r = http.post(url + "/v1/verify", files={"image1": ("a.png", a), "image2": ("b.png", b)})
-                    key = None if r.status_code == 200 else str(r.status_code)
-                except httpx.HTTPError as exc:
-                    key = type(exc).__name__
-                elapsed = time.perf_counter() - began
-                with lock:
-                    if key is None:
-                        latencies.append(elapsed)
-                    else:
-                        errors[key] = errors.get(key, 0) + 1
-                i += clients
+        connection = http.client.HTTPConnection(host, port, timeout=30)
+        i = k
+        while time.perf_counter() < stop_at:
+            body, content_type = bodies[i % len(bodies)]
+            began = time.perf_counter()
+            try:
+                connection.request("POST", "/v1/verify", body=body, headers={"Content-Type": content_type})
+                response = connection.getresponse()
+                response.read()
+                key = None if response.status == 200 else str(response.status)
+            except (OSError, http.client.HTTPException) as exc:
+                key = type(exc).__name__
+                connection.close()
+                connection = http.client.HTTPConnection(host, port, timeout=30)
+            elapsed = time.perf_counter() - began
+            with lock:
+                if key is None:
+                    latencies.append(elapsed)
+                else:
+                    errors[key] = errors.get(key, 0) + 1
+            i += clients
+        connection.close()
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    began = time.perf_counter()
+    cpu, began = time.process_time(), time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - began
+    wall, cpu = time.perf_counter() - began, time.process_time() - cpu
     lat = sorted(latencies)
     return {"requests": len(lat), "errors": errors, "seconds": wall, "requests_per_second": len(lat) / wall,
             "p50_ms": 1000 * statistics.median(lat) if lat else None,
-            "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None}
+            "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
+            "client_cpu_ms_per_request": 1000 * cpu / max(len(lat), 1)}
+
+
+def process_cpu_seconds(pid: int) -> Optional[float]:
+    """User + system CPU seconds of a process (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def ceiling(model: Path, pairs: list[tuple[bytes, bytes]], seconds: float) -> dict:
@@ -121,8 +156,9 @@ def ceiling(model: Path, pairs: list[tuple[bytes, bytes]], seconds: float) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating service and ceiling runs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
     args = parser.parse_args()
     from tests.serve.conftest import Server  # the same helper the end-to-end tests use
@@ -130,19 +166,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = make_model(Path(tmp))
         pairs = encoded_pairs()
+        runs = []
         with Server("--model", str(model), "--db", str(Path(tmp) / "g.sqlite"), "--threshold", "0.5",
                     "--rate-limit", "0", "--log-level", "warning") as server:
             load(server.url, pairs, 2.0, args.clients)  # warm-up
-            service = load(server.url, pairs, args.seconds, args.clients)
-        plain = ceiling(model, pairs, args.seconds)
-    ratio = service["requests_per_second"] / plain["pairs_per_second"]
-    print(f"service /v1/verify : {service['requests_per_second']:7.1f} req/s  p50 {service['p50_ms']:.1f} ms  "
-          f"p99 {service['p99_ms']:.1f} ms  errors {sum(service['errors'].values())}  ({args.clients} clients)")
-    print(f"plain onnxruntime  : {plain['pairs_per_second']:7.1f} pairs/s (decode + embed, one process)")
-    print(f"service / ceiling  : {ratio:.2f}")
-    result = {"benchmark": "serve_load", "clients": args.clients, "seconds": args.seconds, "service": service,
-              "ceiling": plain, "ratio": ratio,
-              "machine": {"python": platform.python_version(), "platform": platform.platform()},
+            for _ in range(args.repeats):  # side by side, alternating: the machine's drift hits both
+                cpu = process_cpu_seconds(server.proc.pid)
+                service = load(server.url, pairs, args.seconds, args.clients)
+                if cpu is not None:
+                    service["server_cpu_ms_per_request"] = (1000 * (process_cpu_seconds(server.proc.pid) - cpu)
+                                                            / max(service["requests"], 1))
+                plain = ceiling(model, pairs, args.seconds)
+                runs.append({"service": service, "ceiling": plain,
+                             "ratio": service["requests_per_second"] / plain["pairs_per_second"]})
+                print(f"service /v1/verify : {service['requests_per_second']:7.1f} req/s  p50 "
+                      f"{service['p50_ms']:.1f} ms  p99 {service['p99_ms']:.1f} ms  errors "
+                      f"{sum(service['errors'].values())}  ({args.clients} clients)   plain onnxruntime: "
+                      f"{plain['pairs_per_second']:7.1f} pairs/s   ratio {runs[-1]['ratio']:.2f}", flush=True)
+    ratios = [r["ratio"] for r in runs]
+    ratio = statistics.mean(ratios)
+    sem = statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else 0.0
+    print(f"service / ceiling  : {ratio:.2f} +- {sem:.2f} (s.e. over {len(ratios)} alternating runs; the load "
+          f"generator shares the {os.cpu_count()} cores)")
+    result = {"benchmark": "serve_load", "clients": args.clients, "seconds": args.seconds, "repeats": args.repeats,
+              "ratio": ratio, "ratio_sem": sem, "ratios": ratios, "runs": runs,
+              "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                          "cpus": os.cpu_count()},
               "facenas_version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -526,12 +526,26 @@ def serve(
     host: Optional[str] = typer.Option(None, help="host: address to bind (default 127.0.0.1)"),
     port: Optional[int] = typer.Option(None, help="port (default 8000)"),
     db: Optional[Path] = typer.Option(None, help="db: SQLite gallery (default runs/serve/gallery.sqlite)"),
-    threshold: Optional[float] = typer.Option(None, help="threshold: cosine; default the model card's"),
+    threshold: Optional[float] = typer.Option(None, help="threshold: cosine, for verification and identification"),
+    verify_threshold: Optional[float] = typer.Option(None, help="verify_threshold: cosine, for /v1/verify"),
+    identify_threshold: Optional[float] = typer.Option(None, help="identify_threshold: cosine, for /v1/identify"),
+    verify_far: Optional[float] = typer.Option(None, help="verify_far: verify at the card's point for this FAR "
+                                               "(default: its best-accuracy threshold)"),
+    identify_far: Optional[float] = typer.Option(None, help="identify_far: identify at the card's point for this "
+                                                 "FAR (default: the lowest FAR the card records)"),
     api_keys_file: Optional[Path] = typer.Option(None, help="api_keys_file: one key per line"),
-    detector: Optional[str] = typer.Option(None, help="detector: 'haar' or a detector ONNX (e.g. SCRFD)"),
+    allow_anonymous: Optional[bool] = typer.Option(None, "--allow-anonymous", help="allow_anonymous: serve "
+                                                   "without keys on a public address or behind trusted proxies"),
+    forwarded_allow_ips: Optional[str] = typer.Option(None, help="forwarded_allow_ips: trusted proxies (addresses "
+                                                      "or CIDR networks, comma-separated) whose X-Forwarded-For "
+                                                      "gives the client address"),
+    metrics: Optional[str] = typer.Option(None, help="metrics: /metrics open, guarded (default) or off"),
+    docs: Optional[str] = typer.Option(None, help="docs: /docs and /openapi.json open, guarded (default) or off"),
+    detector: Optional[str] = typer.Option(None, help="detector: 'haar' or a detector ONNX (YuNet or SCRFD)"),
     rate_limit: Optional[int] = typer.Option(None, help="rate_limit_per_minute per key (0: unlimited)"),
     max_upload_mb: Optional[float] = typer.Option(None, help="max_upload_bytes, in MB (default 5)"),
-    log_level: str = typer.Option("info", help="uvicorn log level"),
+    batch_wait_ms: Optional[float] = typer.Option(None, help="batch_wait_ms: longest wait for more faces to batch"),
+    log_level: str = typer.Option("info", help="log level of the service and uvicorn (info logs a line per request)"),
 ) -> None:
     """Serve embeddings, verification and identification over HTTP (FastAPI + uvicorn)."""
     from facenas.config import load_config
@@ -540,22 +554,32 @@ def serve(
     if config is None and model is None:
         fail("give --model (a recognition ONNX file) or a config with serve.model")
     flags = {"model": model, "host": host, "port": port, "db": db, "threshold": threshold,
-             "api_keys_file": api_keys_file, "detector": detector, "rate_limit_per_minute": rate_limit,
-             "max_upload_bytes": int(max_upload_mb * 1024 * 1024) if max_upload_mb else None}
+             "verify_threshold": verify_threshold, "identify_threshold": identify_threshold,
+             "verify_far": verify_far, "identify_far": identify_far, "api_keys_file": api_keys_file,
+             "allow_anonymous": allow_anonymous, "forwarded_allow_ips": forwarded_allow_ips, "metrics": metrics,
+             "docs": docs, "detector": detector, "rate_limit_per_minute": rate_limit,
+             "max_upload_bytes": int(max_upload_mb * 1024 * 1024) if max_upload_mb else None,
+             "batch_wait_ms": batch_wait_ms}
     overrides = {f"serve.{k}": str(v) if isinstance(v, Path) else v for k, v in flags.items() if v is not None}
     settings = run_guarded(load_config, config, overrides, model=ServeFile).serve
     import uvicorn
 
     from facenas.serve.app import check_port, create_app, preflight
     from facenas.serve.errors import GalleryError
+    from facenas.serve.security import check_exposure, load_key_hashes
 
+    run_guarded(check_exposure, settings, load_key_hashes(settings))  # a keyless public bind: refused first
     run_guarded(check_port, settings.host, settings.port)  # before the model loads: a taken port is one line
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = getattr(logging, log_level.upper(), logging.INFO)  # the access log too: --log-level warning quiets it
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         preflight(settings)
     except (GalleryError, FacenasError, RuntimeError) as exc:
         fail(str(exc))
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+    # proxy_headers off: the app applies forwarded headers itself, from settings.forwarded_allow_ips only (uvicorn's
+    # default would trust 127.0.0.1 always, or whatever FORWARDED_ALLOW_IPS says)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False,
+                proxy_headers=False)
 
 
 @app.command()

@@ -75,7 +75,7 @@ def _rates_below(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.sort(values), thresholds, side="left") / len(values)
 
 
-def _threshold_for_far(dist: np.ndarray, issame: np.ndarray, target: float) -> float:
+def threshold_for_far(dist: np.ndarray, issame: np.ndarray, target: float) -> float:
     """insightface's `calculate_val`: the threshold reaching FAR = target on these pairs (linear interpolation).
 
     FAR is a step function of the threshold, so its values repeat on the grid; insightface hands them as they are to
@@ -178,7 +178,7 @@ def verification_report(dist: np.ndarray, issame: np.ndarray, folds: Optional[np
             if negatives * target < 1:  # the training folds cannot show a single false accept at this FAR
                 measurable[target] = False
                 continue
-            t = _threshold_for_far(dist[train], issame[train], target)
+            t = threshold_for_far(dist[train], issame[train], target)
             tar[target].append(_tar_far(dist[test], issame[test], t))
     acc = np.asarray(accuracies)
     tar_out: dict[str, Optional[dict[str, float]]] = {}

@@ -113,7 +113,7 @@ class OnnxEmbedder:
     inside (mean 0, std 1); otherwise inputs are normalised with (x - 127.5) / 127.5 here.
     """
 
-    def __init__(self, path: str | Path, providers: Optional[list[str]] = None) -> None:
+    def __init__(self, path: str | Path, providers: Optional[list[str]] = None, options: Any = None) -> None:
         try:
             import onnx
             import onnxruntime as ort
@@ -123,7 +123,8 @@ class OnnxEmbedder:
         if not path.is_file():
             raise DataError(f"model file {path} does not exist")
         try:
-            self.session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), sess_options=options,
+                                                providers=providers or ["CPUExecutionProvider"])
             graph = onnx.load(str(path), load_external_data=False).graph
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
             raise DataError(f"{path}: not a loadable ONNX model ({exc})") from None

@@ -37,6 +37,22 @@ class Threshold:
     accuracy: float
 
 
+OPERATING_FARS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+
+
+@dataclass
+class OperatingPoint:
+    """The threshold reaching a target false-accept rate on the calibration pairs (insightface's `calculate_val`
+    rule on all pairs): what a deployment that bounds false accepts, such as 1:N search, decides at."""
+
+    target_far: float
+    cosine: float
+    squared_distance: float
+    far: float  # measured on the calibration pairs at this threshold
+    tar: float
+    negatives: int  # mismatched pairs it was chosen on
+
+
 @dataclass
 class ModelCard:
     arch: dict[str, Any]
@@ -49,6 +65,7 @@ class ModelCard:
     input: dict[str, Any] = field(default_factory=lambda: dict(INPUT_CONTRACT))
     threshold: Optional[Threshold] = None
     thresholds_at_far: dict[str, Optional[dict[str, float]]] = field(default_factory=dict)
+    operating_points: list[OperatingPoint] = field(default_factory=list)
     evaluation: dict[str, Any] = field(default_factory=dict)
     source_checkpoint: Optional[str] = None
     trained_channels: int = 3
@@ -66,8 +83,14 @@ class ModelCard:
         data = dict(data)
         if data.get("threshold") is not None:
             data["threshold"] = Threshold(**data["threshold"])
+        data["operating_points"] = [OperatingPoint(**p) for p in data.get("operating_points") or []]
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+    def operating_point(self, target_far: float) -> Optional[OperatingPoint]:
+        """The recorded point at this target FAR (the calibration set could show it), or None."""
+        return next((p for p in self.operating_points if abs(p.target_far - target_far) <= 1e-9 * target_far), None)
 
 
 def card_path(onnx_path: str | Path) -> Path:

@@ -40,9 +40,23 @@ from torch import nn
 from facenas import __version__
 from facenas.data.faces.types import PairSet
 from facenas.errors import ExportError
-from facenas.evaluate.metrics import THRESHOLDS, accuracy_per_threshold, l2_normalize, squared_distances
+from facenas.evaluate.metrics import (
+    THRESHOLDS,
+    accuracy_per_threshold,
+    l2_normalize,
+    squared_distances,
+    threshold_for_far,
+)
 from facenas.evaluate.verify import MEAN, STD
-from facenas.export.card import INPUT_CONTRACT, ModelCard, Threshold, card_path, sha256_file
+from facenas.export.card import (
+    INPUT_CONTRACT,
+    OPERATING_FARS,
+    ModelCard,
+    OperatingPoint,
+    Threshold,
+    card_path,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +173,24 @@ def choose_threshold(dist: np.ndarray, issame: np.ndarray, name: str) -> Thresho
                      accuracy=float(accuracy.max()))
 
 
+def operating_points(dist: np.ndarray, issame: np.ndarray,
+                     targets: tuple[float, ...] = OPERATING_FARS) -> list[OperatingPoint]:
+    """Thresholds at target FARs on all pairs of the calibration set; a target is left out where the set has too few
+    mismatched pairs to show one false accept at it (n x FAR < 1): its threshold would be a guess."""
+    negatives = int((~issame).sum())
+    points = []
+    for target in targets:
+        if negatives * target < 1:
+            continue
+        t = threshold_for_far(dist, issame, target)
+        predicted = dist < t
+        points.append(OperatingPoint(target_far=target, cosine=1 - t / 2, squared_distance=t,
+                                     far=float((predicted & ~issame).sum() / negatives),
+                                     tar=float((predicted & issame).sum() / max(int(issame.sum()), 1)),
+                                     negatives=negatives))
+    return points
+
+
 def _export_graph(wrapper: nn.Module, path: Path, opset: int) -> None:
     import onnx
 
@@ -250,6 +282,7 @@ def _calibrate(card: ModelCard, measured: Measured, issame: np.ndarray, name: st
     """Put the threshold and the evaluation of an exported model on its card."""
     card.threshold = choose_threshold(measured.dist, issame, name)
     card.thresholds_at_far = measured.report.tar_at_far
+    card.operating_points = operating_points(measured.dist, issame)
     card.evaluation = {name: {k: v for k, v in measured.report.to_dict().items() if k != "roc"}}
     return measured.accuracy
 

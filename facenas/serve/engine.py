@@ -3,15 +3,18 @@
 Decoding is defensive: the pixel count is read from the header before anything is decoded (no decompression
 bombs), a truncated file is an error rather than a half-grey image, and only real image formats pass. A face is
 taken as given when the upload is already a 112x112 crop, aligned with the ArcFace template when five landmarks
-come with it, and otherwise found by a detector: the largest face of OpenCV's bundled Haar cascade (a box; the
-crop is squared around it) or of a detector ONNX such as insightface's SCRFD (box and landmarks, then aligned).
+come with it, and otherwise found by a detector (`detectors.py`): the largest face of OpenCV's YuNet or
+insightface's SCRFD (box and landmarks, then aligned), or of OpenCV's bundled Haar cascade as the last resort (a
+box; the crop is squared around it, and the answer says so).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import threading
+import logging
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -22,9 +25,13 @@ from facenas.data.faces.images import norm_crop
 from facenas.evaluate.metrics import l2_normalize
 from facenas.evaluate.verify import OnnxEmbedder
 from facenas.export.card import ModelCard, read_card, sha256_file
-from facenas.serve.errors import ImageRejected, ImageTooLarge, NoFaceFound
+from facenas.serve.batching import BatchingEmbedder
+from facenas.serve.detectors import load_detector
+from facenas.serve.errors import ImageRejected, ImageTooLarge
 from facenas.serve.settings import ServeSettings
+from facenas.serve.thresholds import resolve_decisions
 
+log = logging.getLogger("facenas.serve")
 CROP = 112
 FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "PPM", "GIF"}
 
@@ -71,79 +78,63 @@ def parse_landmarks(value: Any, field: str) -> Optional[np.ndarray]:
     return points
 
 
+HAAR_NOTE = ("found by OpenCV's Haar cascade, the last resort: a box without landmarks, so the face is not aligned "
+             "as the model was trained and recognition is less accurate; start the service with --detector and a "
+             "YuNet or SCRFD model")
+
+
 @dataclass(frozen=True)
 class Face:
     crop: np.ndarray  # RGB uint8 (112, 112, 3)
     box: Optional[list[int]]  # x, y, width, height in the uploaded image
     aligned: str  # "crop", "landmarks", "detected-landmarks" or "detected-box"
+    detector: Optional[str] = None  # which found it: "yunet", "scrfd" or "haar"
 
     def describe(self) -> dict[str, Any]:
-        return {"box": self.box, "aligned": self.aligned}
+        return {"box": self.box, "aligned": self.aligned, "detector": self.detector,
+                "note": HAAR_NOTE if self.detector == "haar" else None}
 
 
-class Detector:
-    """Largest face: OpenCV's Haar cascade (box only) or a detector ONNX via insightface (box + landmarks)."""
+def session_options(threads: int) -> Any:
+    """onnxruntime options for serving: `threads` intra-op threads (0: one per core) that sleep instead of
+    spinning between calls, since between two batches the cores belong to HTTP parsing and image decoding."""
+    import onnxruntime as ort
 
-    def __init__(self, spec: str, max_side: int) -> None:
-        self.max_side = max_side
-        self.kind = "haar" if spec == "haar" else "onnx"
-        self._lock = threading.Lock()
-        if self.kind == "haar":
-            self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-            if self.cascade.empty():
-                raise RuntimeError("OpenCV's bundled Haar cascade could not be loaded")
-        else:
-            from insightface.model_zoo import get_model
-
-            self.model = get_model(spec, providers=["CPUExecutionProvider"])
-            if self.model is None or not hasattr(self.model, "detect"):
-                raise RuntimeError(f"{spec} is not a face detector insightface recognises")
-            self.model.prepare(ctx_id=-1, input_size=(640, 640))
-
-    def largest(self, rgb: np.ndarray) -> tuple[list[int], Optional[np.ndarray]]:
-        h, w = rgb.shape[:2]
-        scale = min(1.0, self.max_side / max(h, w))
-        small = cv2.resize(rgb, (int(w * scale), int(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else rgb
-        if self.kind == "haar":
-            grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-            with self._lock:
-                boxes = self.cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
-            if len(boxes) == 0:
-                raise NoFaceFound("no face found in the image")
-            x, y, bw, bh = max(boxes, key=lambda b: b[2] * b[3])
-            return [int(round(v / scale)) for v in (x, y, bw, bh)], None
-        with self._lock:
-            boxes, kps = self.model.detect(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), max_num=0)
-        if boxes is None or len(boxes) == 0:
-            raise NoFaceFound("no face found in the image")
-        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        i = int(np.argmax(areas))
-        x1, y1, x2, y2 = boxes[i, :4] / scale
-        points = kps[i] / scale if kps is not None else None
-        return [int(round(x1)), int(round(y1)), int(round(x2 - x1)), int(round(y2 - y1))], points
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 class FaceEngine:
-    """The model, its card, the detector; thread-safe embedding of uploads."""
+    """The model, its card, its two operating points, the detector; thread-safe embedding of uploads (batched
+    across concurrent requests)."""
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        self.embedder = OnnxEmbedder(settings.model)
+        self.embedder = OnnxEmbedder(settings.model, options=session_options(settings.onnx_threads))
         if self.embedder.size != CROP or self.embedder.channels != 3:
             raise RuntimeError(f"{settings.model}: input {self.embedder.channels}x{self.embedder.size}x"
                                f"{self.embedder.size} does not follow the 3x112x112 contract")
         self.model_id = sha256_file(settings.model)
         self.card: Optional[ModelCard] = read_card(settings.model)
-        if settings.threshold is not None:
-            self.threshold, self.threshold_source = settings.threshold, "service setting"
-        elif self.card is not None and self.card.threshold is not None:
-            self.threshold = self.card.threshold.cosine
-            self.threshold_source = f"model card ({self.card.threshold.chosen_on})"
-        else:
-            raise RuntimeError(f"{settings.model} has no model card with a threshold; start the service with "
-                               "--threshold (a cosine similarity)")
-        self.detector = Detector(settings.detector, settings.detector_max_side)
+        self.verify_decision, self.identify_decision = resolve_decisions(settings, self.card)
+        self.detector = load_detector(settings.detector, settings.detector_max_side, settings.detector_kind,
+                                      settings.detector_score)
+        if self.detector.kind == "haar":
+            log.warning("detector: OpenCV's Haar cascade, the last resort (boxes without landmarks: photos are not "
+                        "aligned as the model was trained); give --detector with a YuNet or SCRFD model")
         self.embedding_size = int(self.embed_crops(np.zeros((1, CROP, CROP, 3), np.uint8)).shape[1])  # warm-up
+        self.batcher = BatchingEmbedder(self.embed_crops, settings.batch_max_faces, settings.batch_wait_ms / 1000)
+        # Decoding, detection and alignment of uploads, off the event loop: a plain executor, lighter per call than
+        # the general thread pool (the work is C code that releases the GIL: PIL, OpenCV, the detector)
+        self.decoders = ThreadPoolExecutor(settings.decode_threads or min(8, (os.cpu_count() or 1) + 2),
+                                           thread_name_prefix="facenas-decode")
+
+    def close(self) -> None:
+        self.decoders.shutdown(wait=True)
+        self.batcher.close()
 
     def face(self, rgb: np.ndarray, landmarks: Optional[np.ndarray]) -> Face:
         h, w = rgb.shape[:2]
@@ -151,20 +142,25 @@ class FaceEngine:
             return Face(norm_crop(rgb, landmarks, CROP), None, "landmarks")
         if (h, w) == (CROP, CROP):
             return Face(rgb, [0, 0, w, h], "crop")
-        box, points = self.detector.largest(rgb)
-        if points is not None:
-            return Face(norm_crop(rgb, points, CROP), box, "detected-landmarks")
-        x, y, bw, bh = box
+        found = self.detector.largest(rgb)
+        kind = self.detector.kind
+        if found.landmarks is not None:
+            return Face(norm_crop(rgb, found.landmarks, CROP), found.box, "detected-landmarks", kind)
+        x, y, bw, bh = found.box
         side = int(max(bw, bh) * 1.1)
         cx, cy = x + bw / 2, y + bh / 2 + 0.05 * bh
         x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
         padded = cv2.copyMakeBorder(rgb, side, side, side, side, cv2.BORDER_CONSTANT, value=0)
         crop = padded[y0 + side:y0 + 2 * side, x0 + side:x0 + 2 * side]
-        return Face(cv2.resize(crop, (CROP, CROP), interpolation=cv2.INTER_AREA), box, "detected-box")
+        return Face(cv2.resize(crop, (CROP, CROP), interpolation=cv2.INTER_AREA), found.box, "detected-box", kind)
 
     def embed_crops(self, crops: np.ndarray) -> np.ndarray:
         """RGB uint8 (N, 112, 112, 3) -> L2-normalised embeddings (N, D)."""
         return l2_normalize(self.embedder.embed(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))))
 
+    def submit_faces(self, faces: list[Face]) -> Future:
+        """The faces' embeddings, to come from the batcher (shared with concurrent requests)."""
+        return self.batcher.submit(np.stack([f.crop for f in faces]))
+
     def embed_faces(self, faces: list[Face]) -> np.ndarray:
-        return self.embed_crops(np.stack([f.crop for f in faces]))
+        return self.submit_faces(faces).result()

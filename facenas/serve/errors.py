@@ -22,11 +22,19 @@ class ServiceError(Exception):
         self.message = message
         self.field = field
 
-    def body(self) -> dict:
-        detail = {"code": self.code, "message": self.message}
-        if self.field is not None:
-            detail["field"] = self.field
-        return {"error": detail}
+    def body(self, request_id: Optional[str] = None) -> dict:
+        return error_body(self.code, self.message, self.field, request_id)
+
+
+def error_body(code: str, message: str, field: Optional[str] = None, request_id: Optional[str] = None) -> dict:
+    """`{"error": {...}}`: the one shape of every error the service answers (the request id lets an operator find
+    the request in the logs)."""
+    detail = {"code": code, "message": message}
+    if field is not None:
+        detail["field"] = field
+    if request_id is not None:
+        detail["request_id"] = request_id
+    return {"error": detail}
 
 
 class ImageRejected(ServiceError):

@@ -2,16 +2,20 @@
 
 Every change is one transaction, so a restart or a kill in the middle of an enrolment keeps every committed
 enrolment and none half-written. Each face stores the id (sha256) of the model that embedded it; a gallery made
-by another model is refused at start. Identification multiplies the query by an in-memory matrix of normalised
-embeddings, rebuilt from SQLite at start and kept in step with every commit; from `faiss_min_faces` faces on, a
-faiss inner-product index is used where faiss is installed.
+by another model is refused at start.
 
-Concurrency and scale: the matrix is a buffer that doubles when full, so an enrolment appends in amortised O(1)
-instead of copying every face. Rows below the published count are never written again (a deletion builds new
-buffers), so identification takes a snapshot (buffer, count, owners) under a lock held for microseconds (not the
-writers' lock, held through SQLite transactions) and multiplies outside it: enrolments and identifications run
-side by side. The writer connection is used under the writers' lock only; every reading thread has its own
-connection, so it never sees another thread's uncommitted transaction.
+Identification multiplies the query by an in-memory matrix of normalised embeddings (built from SQLite at start,
+kept in step with every commit), then picks the best subjects from the top rows (argpartition: no Python loop
+over the faces). From `faiss_min_faces` faces on, where faiss is installed, the top rows come from `faiss.knn`
+over the same matrix instead: a stateless function, so there is no index to keep in step or to lock.
+
+Concurrency and scale: the matrix (and the subject code of each row) is a buffer that doubles when full, so an
+enrolment appends in amortised O(1) instead of copying every face. Rows below the published count are never
+written again (a deletion compacts into new buffers), so a writer grows, copies and writes rows outside the
+index lock and only publishes (buffer, codes, count) under it, and identification takes that snapshot under the
+same lock (held for microseconds) and computes outside it: enrolments and identifications run side by side. The
+writer connection is used under the writers' lock only; every reading thread has its own connection, so it never
+sees another thread's uncommitted transaction.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -82,7 +86,10 @@ class Gallery:
             self._db.execute("INSERT INTO meta (key, value) VALUES ('model_id', ?)", (model_id,))
         self._readers = threading.local()
         self._reader_connections: list[sqlite3.Connection] = []
-        self._faiss_missing = False  # looked for once: without faiss the matrix serves every size
+        self._faiss: Any = None  # the faiss module, looked for once, where the gallery reaches faiss_min_faces
+        self._faiss_looked = False
+        self._names: list[str] = []  # subject of each code; codes are never reused
+        self._code_of: dict[str, int] = {}
         self._rebuild()
 
     def close(self) -> None:
@@ -102,35 +109,67 @@ class Gallery:
         return connection
 
     # -- the in-memory index ----------------------------------------------------------------------------------
+    def _code(self, subject: str) -> int:
+        code = self._code_of.get(subject)
+        if code is None:
+            code = self._code_of[subject] = len(self._names)
+            self._names.append(subject)
+        return code
+
     def _rebuild(self) -> None:
-        rows = self._db.execute("SELECT id, subject_id, embedding FROM faces ORDER BY id").fetchall()
-        matrix = (np.stack([np.frombuffer(r[2], np.float32) for r in rows]) if rows
-                  else np.zeros((0, self.dim), np.float32))
+        """The matrix from SQLite (at start)."""
+        rows = self._db.execute("SELECT subject_id, embedding FROM faces ORDER BY id").fetchall()
         buffer = np.zeros((max(16, 2 * len(rows)), self.dim), np.float32)
-        buffer[:len(rows)] = matrix
-        index = None
-        if len(rows) >= self.faiss_min_faces and not self._faiss_missing:
+        codes = np.zeros(len(buffer), np.int32)
+        for i, (subject, blob) in enumerate(rows):
+            buffer[i] = np.frombuffer(blob, np.float32)
+            codes[i] = self._code(subject)
+        self._publish(buffer, codes, len(rows))
+
+    def _publish(self, buffer: np.ndarray, codes: np.ndarray, count: int) -> None:
+        with self._index_lock:  # a snapshot taken before keeps the old objects
+            self._buffer, self._codes, self._count = buffer, codes, count
+
+    def _append(self, embeddings: np.ndarray, subject: str) -> None:
+        """Add rows at the end, doubling the buffers when full; called under the writers' lock. The copy and the
+        new rows are written outside the index lock: readers look at rows below the published count only."""
+        buffer, codes, count = self._buffer, self._codes, self._count
+        need = count + len(embeddings)
+        if need > len(buffer):
+            size = max(need, 2 * len(buffer))
+            grown, grown_codes = np.zeros((size, self.dim), np.float32), np.zeros(size, np.int32)
+            grown[:count], grown_codes[:count] = buffer[:count], codes[:count]
+            buffer, codes = grown, grown_codes
+        buffer[count:need] = embeddings
+        codes[count:need] = self._code(subject)
+        self._publish(buffer, codes, need)
+
+    def _remove(self, subject: str) -> None:
+        """Drop a subject's rows into new, compacted buffers (called under the writers' lock)."""
+        code = self._code_of.pop(subject, None)
+        if code is None:
+            return
+        keep = np.flatnonzero(self._codes[:self._count] != code)
+        buffer = np.zeros((max(16, 2 * len(keep)), self.dim), np.float32)
+        codes = np.zeros(len(buffer), np.int32)
+        buffer[:len(keep)], codes[:len(keep)] = self._buffer[keep], self._codes[keep]
+        self._publish(buffer, codes, len(keep))
+
+    @property
+    def engine(self) -> str:
+        """What ranks the rows at the present size: "faiss" or "matrix"."""
+        return "faiss" if self._count >= self.faiss_min_faces and self._faiss_module() is not None else "matrix"
+
+    def _faiss_module(self) -> Any:
+        if not self._faiss_looked:
+            self._faiss_looked = True
             try:
                 import faiss
 
-                index = faiss.IndexFlatIP(self.dim)
-                index.add(np.ascontiguousarray(matrix))
+                self._faiss = faiss
             except ImportError:
-                self._faiss_missing = True
-        with self._index_lock:  # new objects: a snapshot taken before keeps the old ones
-            self._buffer, self._owners, self._count, self._faiss = buffer, [r[1] for r in rows], len(rows), index
-
-    def _append(self, embeddings: np.ndarray, subject: str) -> None:
-        """Add rows at the end, doubling the buffer when full (the old buffer stays intact for snapshots);
-        called with `_index_lock` held."""
-        need = self._count + len(embeddings)
-        if need > len(self._buffer):
-            grown = np.zeros((max(need, 2 * len(self._buffer)), self.dim), np.float32)
-            grown[:self._count] = self._buffer[:self._count]
-            self._buffer = grown
-        self._buffer[self._count:need] = embeddings
-        self._owners.extend([subject] * len(embeddings))
-        self._count = need  # published last: a snapshot never sees a row being written
+                self._faiss = None
+        return self._faiss
 
     @property
     def size(self) -> int:
@@ -160,6 +199,9 @@ class Gallery:
             "GROUP BY s.id ORDER BY s.id").fetchall()
         return [{"id": r[0], "name": r[1], "faces": r[2]} for r in rows]
 
+    def subject_count(self) -> int:
+        return int(self._reader().execute("SELECT COUNT(*) FROM subjects").fetchone()[0])
+
     def _require(self, subject: str) -> None:
         if self._db.execute("SELECT 1 FROM subjects WHERE id = ?", (subject,)).fetchone() is None:
             raise NotFound(f"subject {subject!r} does not exist")
@@ -172,7 +214,7 @@ class Gallery:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute("DELETE FROM faces WHERE subject_id = ?", (subject,))
                 self._db.execute("DELETE FROM subjects WHERE id = ?", (subject,))
-            self._rebuild()
+            self._remove(subject)
 
     # -- faces --------------------------------------------------------------------------------------------------
     def enrol(self, subject: str, embeddings: np.ndarray) -> list[int]:
@@ -191,31 +233,35 @@ class Gallery:
                     cur = self._db.execute("INSERT INTO faces (subject_id, model_id, embedding, created_at) "
                                            "VALUES (?, ?, ?, ?)", (subject, self.model_id, emb.tobytes(), now))
                     ids.append(int(cur.lastrowid))
-            with self._index_lock:
-                self._append(embeddings, subject)
-                if self._faiss is not None:
-                    self._faiss.add(np.ascontiguousarray(embeddings))
-            if self._faiss is None and self.size >= self.faiss_min_faces and not self._faiss_missing:
-                self._rebuild()
+            self._append(embeddings, subject)
         return ids
+
+    def _top_rows(self, rows: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+        """Indices of the k rows most similar to the query, best first."""
+        if k >= len(rows):
+            sims = rows @ query
+            return np.argsort(-sims, kind="stable")
+        if len(rows) >= self.faiss_min_faces and self._faiss_module() is not None:
+            _, idx = self._faiss.knn(query.reshape(1, -1), rows, k, metric=self._faiss.METRIC_INNER_PRODUCT)
+            return idx[0][idx[0] >= 0]
+        sims = rows @ query
+        top = np.argpartition(-sims, k - 1)[:k]
+        return top[np.argsort(-sims[top], kind="stable")]
 
     def identify(self, query: np.ndarray, top_k: int) -> list[Match]:
         """Best similarity per subject, best subjects first."""
-        query = np.asarray(query, np.float32).reshape(1, -1)
-        with self._index_lock:  # never waits for an enrolment's SQLite transaction
-            buffer, count, owners, index = self._buffer, self._count, self._owners, self._faiss
-            if count == 0:
-                return []
-            if index is not None:  # faiss's index is not safe to search while another thread adds to it
-                k = min(count, max(top_k * 20, 100))
-                sims, idx = index.search(query, k)
-                pairs = [(owners[i], float(s)) for s, i in zip(sims[0], idx[0]) if i >= 0]
-        if index is None:  # outside the lock: rows below `count` are never written again
-            sims = buffer[:count] @ query[0]
-            pairs = list(zip(owners[:count], sims.tolist()))
-        best: dict[str, float] = {}
-        for owner, sim in pairs:
-            if sim > best.get(owner, -2.0):
-                best[owner] = sim
-        ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
-        return [Match(s, float(v)) for s, v in ranked]
+        query = np.ascontiguousarray(np.asarray(query, np.float32).reshape(-1))
+        with self._index_lock:  # microseconds: never waits for an enrolment's SQLite transaction or copy
+            buffer, codes, count, names = self._buffer, self._codes, self._count, self._names
+        if count == 0:
+            return []
+        rows, row_codes = buffer[:count], codes[:count]
+        k = min(count, max(64, 8 * top_k))
+        while True:  # widen the top rows until they hold top_k subjects (a subject may own many of them)
+            order = self._top_rows(rows, query, k)
+            _, first = np.unique(row_codes[order], return_index=True)
+            if len(first) >= top_k or k == count:
+                break
+            k = min(count, 4 * k)
+        best = order[np.sort(first)[:top_k]]
+        return [Match(names[row_codes[i]], float(rows[i] @ query)) for i in best]

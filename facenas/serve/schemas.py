@@ -12,6 +12,8 @@ class ErrorDetail(BaseModel):
     message: str
     field: Optional[str] = Field(None, examples=["image2"], description="the upload or form field at fault, where "
                                  "there is one: image, image1, image2, files[i] (0-based), landmarks")
+    request_id: Optional[str] = Field(None, description="the request's id (also in the x-request-id header and "
+                                                        "the service's log)")
 
 
 class ErrorBody(BaseModel):
@@ -21,6 +23,9 @@ class ErrorBody(BaseModel):
 class FaceInfo(BaseModel):
     box: Optional[list[int]] = Field(None, description="x, y, width, height of the face in the upload")
     aligned: str = Field(..., description="crop, landmarks, detected-landmarks or detected-box")
+    detector: Optional[str] = Field(None, description="the detector that found the face (yunet, scrfd or haar); "
+                                                      "null when the upload was a crop or came with landmarks")
+    note: Optional[str] = Field(None, description="a caveat about this face, such as a Haar detection (unaligned)")
 
 
 class Embedding(FaceInfo):
@@ -32,11 +37,17 @@ class EmbedResponse(BaseModel):
     embeddings: list[Embedding]
 
 
-class VerifyResponse(BaseModel):
+class Decided(BaseModel):
+    threshold: float = Field(..., description="the cosine threshold this answer was decided at")
+    threshold_source: str = Field(..., description="where it comes from: request, service setting, or the model "
+                                                   "card's operating point (and the set it was chosen on)")
+    far: Optional[float] = Field(None, description="the false-accept rate per comparison the threshold was chosen "
+                                                   "for, where it was chosen for one")
+
+
+class VerifyResponse(Decided):
     similarity: float = Field(..., description="cosine similarity of the two faces' embeddings")
     same_person: bool
-    threshold: float
-    threshold_source: str
     faces: list[FaceInfo]
 
 
@@ -66,17 +77,22 @@ class Candidate(BaseModel):
     similarity: float
 
 
-class IdentifyResponse(BaseModel):
+class IdentifyResponse(Decided):
     subject: Optional[str] = Field(None, description="the best subject at or above the threshold, else null")
     unknown: bool
     candidates: list[Candidate]
-    threshold: float
     face: FaceInfo
+
+
+class OperatingPointInfo(BaseModel):
+    threshold: float
+    source: str
+    far: Optional[float] = None
 
 
 class ModelInfo(BaseModel):
     model_sha256: str
     embedding_size: int
-    threshold: float
-    threshold_source: str
+    verify: OperatingPointInfo = Field(..., description="what /v1/verify decides at")
+    identify: OperatingPointInfo = Field(..., description="what /v1/identify decides at")
     card: Optional[dict] = None

@@ -5,12 +5,14 @@ Validated at start, so that a bad setting stops the service with one clear line 
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+Exposure = Literal["open", "guarded", "off"]
 
 
 class ServeSettings(BaseModel):
@@ -21,18 +23,44 @@ class ServeSettings(BaseModel):
     port: int = Field(8000, ge=1, le=65535)
     db: str = Field("runs/serve/gallery.sqlite", description="SQLite gallery of subjects and their faces (its folder "
                                                            "is created at start)")
-    threshold: Optional[float] = Field(None, ge=-1, le=1, description="cosine threshold; default: the model "
-                                                                      "card's (required without a card)")
+    threshold: Optional[float] = Field(None, ge=-1, le=1, description="cosine threshold of both verification and "
+                                                                      "identification, unless their own is set")
+    verify_threshold: Optional[float] = Field(None, ge=-1, le=1, description="cosine threshold of /v1/verify")
+    identify_threshold: Optional[float] = Field(None, ge=-1, le=1, description="cosine threshold of /v1/identify")
+    verify_far: Optional[float] = Field(None, gt=0, lt=1, description="verify at the model card's operating point "
+                                        "for this false-accept rate (default: the card's best-accuracy threshold)")
+    identify_far: Optional[float] = Field(None, gt=0, lt=1, description="identify at the card's operating point for "
+                                          "this false-accept rate per comparison (default: the lowest FAR the card "
+                                          "records)")
     api_keys_file: Optional[str] = Field(None, description="file with one API key per line (# comments)")
     api_keys_env: str = Field("FACENAS_API_KEYS", description="environment variable with comma-separated keys")
-    rate_limit_per_minute: int = Field(120, ge=0, description="requests per minute per key (0: unlimited)")
+    rate_limit_per_minute: int = Field(120, ge=0, description="requests per minute per key, or per client address "
+                                                            "without keys (0: unlimited)")
+    allow_anonymous: bool = Field(False, description="serve clients without API keys on a non-loopback address or "
+                                                     "behind trusted proxies (refused at start otherwise)")
+    forwarded_allow_ips: Optional[str] = Field(None, description="comma-separated addresses or networks (CIDR) of "
+                                               "trusted reverse proxies whose X-Forwarded-For gives the client "
+                                               "address; '*' trusts every peer. None: forwarded headers ignored")
+    metrics: Exposure = Field("guarded", description="/metrics: open, guarded (the /v1 rule: an API key, or a "
+                                                     "loopback client without keys) or off")
+    docs: Exposure = Field("guarded", description="/docs, /redoc and /openapi.json: open, guarded or off")
     max_upload_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="largest request body accepted")
     max_pixels: int = Field(25_000_000, ge=1024, description="largest decoded image (width x height)")
     min_side: int = Field(16, ge=1, description="smallest image side accepted")
-    detector: str = Field("haar", description="'haar' (OpenCV's bundled cascade) or a detector ONNX such as "
-                                              "insightface's SCRFD")
+    detector: str = Field("haar", description="'haar' (OpenCV's bundled cascade: boxes only, the last resort), "
+                                              "OpenCV's YuNet ONNX (face_detection_yunet_2023mar.onnx) or "
+                                              "insightface's SCRFD ONNX (needs the insightface package)")
+    detector_kind: Literal["auto", "yunet", "scrfd"] = Field("auto", description="the detector ONNX's kind; auto: "
+                                                             "told from its outputs")
+    detector_score: float = Field(0.5, gt=0, le=1, description="smallest detection score taken as a face")
     detector_max_side: int = Field(640, ge=64, description="photos are downscaled to this side for detection")
     top_k: int = Field(5, ge=1, le=100, description="default number of candidates from /v1/identify")
+    batch_max_faces: int = Field(32, ge=1, le=1024, description="most faces in one model call (dynamic batching of "
+                                                                "concurrent requests)")
+    batch_wait_ms: float = Field(2.0, ge=0, le=100, description="longest wait for more faces while a batch is short")
+    onnx_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: one per core)")
+    decode_threads: int = Field(0, ge=0, le=64, description="threads decoding and aligning uploads (0: cores + 2, "
+                                                            "at most 8)")
     faiss_min_faces: int = Field(50_000, ge=1, description="use faiss (if installed) from this gallery size on")
 
     @model_validator(mode="after")
@@ -45,8 +73,32 @@ class ServeSettings(BaseModel):
             raise ValueError(f"detector {self.detector!r} is neither 'haar' nor an existing ONNX file")
         return self
 
+    @model_validator(mode="after")
+    def _one_rule_per_job(self) -> "ServeSettings":
+        for job in ("verify", "identify"):
+            if getattr(self, f"{job}_threshold") is not None and getattr(self, f"{job}_far") is not None:
+                raise ValueError(f"give {job}_threshold or {job}_far, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _proxies(self) -> "ServeSettings":
+        if self.forwarded_allow_ips is not None:
+            for item in self.proxy_networks:
+                if item == "*":
+                    continue
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(f"forwarded_allow_ips: {item!r} is neither an IP address, a network such as "
+                                     "10.0.0.0/8, nor '*'") from None
+        return self
+
     @property
-    def local_only(self) -> bool:
+    def proxy_networks(self) -> list[str]:
+        return [item.strip() for item in (self.forwarded_allow_ips or "").split(",") if item.strip()]
+
+    @property
+    def loopback_bind(self) -> bool:
         return self.host in LOOPBACK
 
 

@@ -184,3 +184,18 @@ def test_exporting_a_classifier_is_refused(tmp_path):
     torch.save({"arch": arch.to_dict(), "model": build_model(arch).state_dict()}, tmp_path / "c.pt")
     with pytest.raises(ExportError, match="classifier cannot be exported"):
         export_onnx(tmp_path / "c.pt", tmp_path / "c.onnx")
+
+
+def test_operating_points_reach_their_far_and_skip_what_the_pairs_cannot_show():
+    from facenas.export.onnx import operating_points
+
+    rng = np.random.default_rng(0)
+    issame = np.r_[np.ones(500, bool), np.zeros(2000, bool)]
+    dist = np.where(issame, rng.normal(0.8, 0.2, 2500), rng.normal(1.8, 0.25, 2500)).clip(0, 4)
+    points = operating_points(dist, issame)
+    assert [p.target_far for p in points] == [1e-1, 1e-2, 1e-3]  # 2000 mismatched pairs cannot show 1e-4
+    for p in points:
+        assert p.far <= p.target_far + 1 / 2000 and p.negatives == 2000
+        assert p.cosine == pytest.approx(1 - p.squared_distance / 2)
+    assert points[0].squared_distance > points[1].squared_distance > points[2].squared_distance  # stricter
+    assert points[0].tar >= points[1].tar >= points[2].tar

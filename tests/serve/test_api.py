@@ -27,7 +27,8 @@ def test_verify_uses_the_card_threshold_or_the_requested_one(client, crops):
     r = client.post("/v1/verify", files={"image1": ("a.png", crops[0]), "image2": ("a2.png", crops[0])})
     body = r.json()
     assert r.status_code == 200 and body["similarity"] == pytest.approx(1.0, abs=1e-5) and body["same_person"]
-    assert body["threshold_source"].startswith("model card (synthetic calibration pairs")
+    assert body["threshold_source"] == "model card: best accuracy on synthetic calibration pairs"
+    assert body["far"] is None
     r = client.post("/v1/verify", files={"image1": ("a.png", crops[0]), "image2": ("b.png", crops[4])},
                     data={"threshold": "0.9999"})
     assert r.json()["threshold"] == 0.9999 and r.json()["threshold_source"] == "request"
@@ -38,7 +39,8 @@ def test_landmarks_align_a_photo(client, crops, photo):
     data, lmk = photo
     r = client.post("/v1/verify", files={"image1": ("p.png", data), "image2": ("b.png", crops[0])},
                     data={"landmarks1": json.dumps(lmk)})
-    assert r.status_code == 200 and r.json()["faces"][0] == {"box": None, "aligned": "landmarks"}
+    assert r.status_code == 200 and r.json()["faces"][0] == {"box": None, "aligned": "landmarks", "detector": None,
+                                                         "note": None}
     r = client.post("/v1/verify", files={"image1": ("p.png", data), "image2": ("b.png", crops[0])},
                     data={"landmarks1": "[[1, 2]]"})
     assert r.status_code == 422 and "five [x, y] pairs" in r.json()["error"]["message"]
@@ -176,6 +178,7 @@ def test_health_metrics_schema_and_page(client, crops):
     assert page.status_code == 200 and "verify-run" in page.text and "identify-run" in page.text
     info = client.get("/v1/model").json()
     assert info["embedding_size"] == 32 and info["card"]["threshold"]["chosen_on"] == "synthetic calibration pairs"
+    assert info["verify"]["far"] is None and info["identify"]["far"] == 0.1  # the lowest FAR the card records
 
 
 def test_metrics_label_every_route_by_its_template(client):
@@ -203,16 +206,19 @@ def test_unexpected_errors_leak_nothing(client, monkeypatch, crops, caplog):
     def boom(*a, **k):
         raise RuntimeError("secret internal path /srv/models/x.onnx")
 
-    monkeypatch.setattr(engine.FaceEngine, "embed_faces", boom)
+    monkeypatch.setattr(engine.FaceEngine, "submit_faces", boom)
     from fastapi.testclient import TestClient  # a client that turns server errors into responses
     raw = TestClient(client.app, raise_server_exceptions=False, client=("127.0.0.1", 1))
     with caplog.at_level(logging.ERROR, logger="facenas.serve"):
-        r = raw.post("/v1/verify", files={"image1": ("a.png", crops[0]), "image2": ("b.png", crops[1])})
-    assert r.status_code == 500 and r.json() == {"error": {"code": "internal", "message": "internal error"}}
+        r = raw.post("/v1/verify", files={"image1": ("a.png", crops[0]), "image2": ("b.png", crops[1])},
+                     headers={"x-request-id": "client-trace-42"})
+    assert r.status_code == 500 and r.json() == {"error": {"code": "internal", "message": "internal error",
+                                                           "request_id": "client-trace-42"}}
+    assert r.headers["x-request-id"] == "client-trace-42"
     assert not any("secret" in f"{k}: {v}" or "srv" in v for k, v in r.headers.items())
     logged = [rec for rec in caplog.records if rec.name == "facenas.serve" and rec.exc_info]
     assert logged and "secret internal path" in str(logged[0].exc_info[1])
-    assert "/v1/verify" in logged[0].getMessage()
+    assert "/v1/verify" in logged[0].getMessage() and "request_id=client-trace-42" in logged[0].getMessage()
 
 
 def test_the_service_runs_without_pytorch(exported, tmp_path):

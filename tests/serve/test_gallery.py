@@ -46,7 +46,7 @@ def test_another_models_gallery_is_refused(tmp_path):
         Gallery(tmp_path / "g.sqlite", "model-b" * 8, 8)
 
 
-def test_faiss_index_is_used_for_large_galleries_and_agrees_with_the_matrix(tmp_path):
+def test_faiss_is_used_for_large_galleries_and_agrees_with_the_matrix(tmp_path):
     pytest.importorskip("faiss", reason="faiss is optional (pip install facenas[large-gallery])")
     rng = np.random.default_rng(2)
     big = Gallery(tmp_path / "big.sqlite", "m", 8, faiss_min_faces=50)
@@ -56,7 +56,7 @@ def test_faiss_index_is_used_for_large_galleries_and_agrees_with_the_matrix(tmp_
         for g in (big, small):
             g.create_subject(f"s{k}")
             g.enrol(f"s{k}", faces)
-    assert big._faiss is not None and small._faiss is None
+    assert big.engine == "faiss" and small.engine == "matrix"
     for query in unit(rng, 10):
         a, b = big.identify(query, 5), small.identify(query, 5)
         assert [m.subject for m in a] == [m.subject for m in b]
@@ -141,7 +141,7 @@ def test_readers_never_see_another_threads_uncommitted_transaction(tmp_path):
     assert [s["id"] for s in g.subjects()] == ["a", "half"]
 
 
-def test_without_faiss_a_large_gallery_is_not_rebuilt_at_every_enrolment(tmp_path, monkeypatch):
+def test_without_faiss_a_large_gallery_is_never_rebuilt(tmp_path, monkeypatch):
     import builtins
 
     real_import = builtins.__import__
@@ -154,10 +154,54 @@ def test_without_faiss_a_large_gallery_is_not_rebuilt_at_every_enrolment(tmp_pat
     monkeypatch.setattr(builtins, "__import__", no_faiss)
     g = Gallery(tmp_path / "g.sqlite", "m", 8, faiss_min_faces=10)
     g.create_subject("a")
+    g.create_subject("b")
     rebuilds = []
-    original = g._rebuild
-    monkeypatch.setattr(g, "_rebuild", lambda: (rebuilds.append(1), original())[1])
+    monkeypatch.setattr(g, "_rebuild", lambda: rebuilds.append(1))
     for k in range(30):
-        g.enrol("a", _unit_rows(1, seed=k))
-    assert len(rebuilds) == 1 and g._faiss is None  # looked for faiss once, then the matrix serves
+        g.enrol("a" if k % 3 else "b", _unit_rows(1, seed=k))
+    g.delete_subject("b")  # compacts in memory: no reload from SQLite either
+    assert rebuilds == [] and g.engine == "matrix" and g.size == 20
     assert g.identify(_unit_rows(1, seed=29)[0], 1)[0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert g.identify(_unit_rows(1, seed=3)[0], 5) == [g.identify(_unit_rows(1, seed=3)[0], 1)[0]]  # only "a"
+
+
+@pytest.mark.parametrize("faiss_min_faces", [10**9, 1])
+def test_a_subject_owning_all_the_top_rows_does_not_hide_the_others(tmp_path, faiss_min_faces):
+    """The best subjects come from the top rows; where one subject owns more of them than are looked at, the
+    search widens until it holds top_k subjects, and agrees with the exhaustive per-subject maximum."""
+    if faiss_min_faces == 1:
+        pytest.importorskip("faiss", reason="faiss is optional")
+    rng = np.random.default_rng(4)
+    query = _unit_rows(1, dim=16, seed=99)[0]
+    g = Gallery(tmp_path / "g.sqlite", "m", 16, faiss_min_faces=faiss_min_faces)
+    crowd = query + 0.05 * rng.normal(size=(300, 16)).astype(np.float32)  # 300 faces closer than anyone else
+    g.create_subject("crowd")
+    g.enrol("crowd", crowd / np.linalg.norm(crowd, axis=1, keepdims=True))
+    others = {}
+    for k in range(10):
+        rows = _unit_rows(5, dim=16, seed=k)
+        g.create_subject(f"s{k}")
+        g.enrol(f"s{k}", rows)
+        others[f"s{k}"] = float((rows @ query).max())
+    matches = g.identify(query, 4)
+    expected = sorted(others.items(), key=lambda kv: -kv[1])[:3]
+    assert [m.subject for m in matches] == ["crowd"] + [name for name, _ in expected]
+    np.testing.assert_allclose([m.similarity for m in matches[1:]], [v for _, v in expected], atol=1e-5)
+
+
+def test_a_growing_buffer_is_copied_outside_the_index_lock(tmp_path, monkeypatch):
+    """The doubling copy of a large gallery must not stall identification: the index lock only publishes."""
+    g = Gallery(tmp_path / "g.sqlite", "m", 8)
+    g.create_subject("a")
+    g.enrol("a", _unit_rows(16))  # the first buffer (16 rows) is full: the next enrolment grows it
+    held_during_copy = []
+    real_zeros = np.zeros
+
+    def watching_zeros(*args, **kwargs):
+        held_during_copy.append(g._index_lock.locked())
+        return real_zeros(*args, **kwargs)
+
+    monkeypatch.setattr(np, "zeros", watching_zeros)
+    g.enrol("a", _unit_rows(1, seed=5))
+    monkeypatch.undo()
+    assert held_during_copy and not any(held_during_copy) and g.size == 17
