@@ -61,7 +61,8 @@ class ServeSettings(BaseModel):
     onnx_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: one per core)")
     decode_threads: int = Field(0, ge=0, le=64, description="threads decoding and aligning uploads (0: cores + 2, "
                                                             "at most 8)")
-    faiss_min_faces: int = Field(50_000, ge=1, description="use faiss (if installed) from this gallery size on")
+    faiss_min_faces: Optional[int] = Field(None, ge=1, description="rank the gallery with faiss (if installed) from "
+                                           "this size on; None: the matrix (measured faster: bench/gallery_scale.py)")
 
     @model_validator(mode="after")
     def _paths(self) -> "ServeSettings":

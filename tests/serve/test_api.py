@@ -162,6 +162,31 @@ def test_upload_size_limit(exported, tmp_path):
         assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
 
 
+def test_a_streamed_body_over_the_limit_is_a_413_too(exported, tmp_path):
+    """Without Content-Length (chunked) the limit is found while the body streams in: still the 413 it is (not the
+    400 FastAPI makes of a body that failed to parse), with the request's id."""
+    from fastapi.testclient import TestClient
+
+    from facenas.serve.app import create_app
+    from tests.serve.conftest import LOCAL, settings_for
+
+    model, _ = exported
+    boundary = "b0undary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode()
+
+    def chunks():
+        yield head
+        for _ in range(20):
+            yield b"\0" * 8192
+
+    with TestClient(create_app(settings_for(model, tmp_path / "g.sqlite", max_upload_bytes=50_000)),
+                    client=LOCAL) as c:
+        r = c.post("/v1/embed", content=chunks(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+    assert r.json()["error"]["request_id"] == r.headers["x-request-id"]
+
+
 def test_health_metrics_schema_and_page(client, crops):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"ready": True}
