@@ -9,8 +9,8 @@ that leaks nothing. Every request gets an id (the client's `x-request-id` where 
 (`forwarded_allow_ips`) uvicorn's ProxyHeadersMiddleware puts the real client address in the request.
 
 The routes that embed faces are async: the upload is read on the event loop, decoding, detection and alignment
-run in the thread pool, and the embedding waits on the batcher, which runs the faces of concurrent requests in
-one model call.
+run on the engine's decoding threads, and the embedding waits on the batcher, which runs the faces of concurrent
+requests in one model call.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the route annotations (the dependency aliases are
@@ -351,7 +351,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         """The faces of (upload, landmarks, field) triples and their embeddings. The bytes are read on the event
         loop; one hop to the engine's decoding threads decodes, detects, aligns and hands the crops to the batcher
         (announced to it while decoding, so that a batch waits for them briefly rather than leave without them),
-        and the loop waits for the embeddings: image work never holds up the loop, and the loop is woken once."""
+        and the loop waits for the embeddings: image work never holds up the loop."""
         work = []
         for upload, landmarks, field in uploads:
             data = await upload.read(settings.max_upload_bytes + 1)

@@ -161,6 +161,3 @@ class FaceEngine:
     def submit_faces(self, faces: list[Face]) -> Future:
         """The faces' embeddings, to come from the batcher (shared with concurrent requests)."""
         return self.batcher.submit(np.stack([f.crop for f in faces]))
-
-    def embed_faces(self, faces: list[Face]) -> np.ndarray:
-        return self.submit_faces(faces).result()

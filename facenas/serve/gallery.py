@@ -121,12 +121,15 @@ class Gallery:
     def _rebuild(self) -> None:
         """The matrix from SQLite (at start)."""
         rows = self._db.execute("SELECT subject_id, embedding FROM faces ORDER BY id").fetchall()
-        buffer = np.zeros((max(16, 2 * len(rows)), self.dim), np.float32)
-        codes = np.zeros(len(buffer), np.int32)
+        buffer, codes = self._buffers(max(16, 2 * len(rows)))
         for i, (subject, blob) in enumerate(rows):
             buffer[i] = np.frombuffer(blob, np.float32)
             codes[i] = self._code(subject)
         self._publish(buffer, codes, len(rows))
+
+    def _buffers(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Empty room for `rows` faces: their embeddings and their subjects' codes."""
+        return np.zeros((rows, self.dim), np.float32), np.zeros(rows, np.int32)
 
     def _publish(self, buffer: np.ndarray, codes: np.ndarray, count: int) -> None:
         with self._index_lock:  # a snapshot taken before keeps the old objects
@@ -138,8 +141,7 @@ class Gallery:
         buffer, codes, count = self._buffer, self._codes, self._count
         need = count + len(embeddings)
         if need > len(buffer):
-            size = max(need, 2 * len(buffer))
-            grown, grown_codes = np.zeros((size, self.dim), np.float32), np.zeros(size, np.int32)
+            grown, grown_codes = self._buffers(max(need, 2 * len(buffer)))
             grown[:count], grown_codes[:count] = buffer[:count], codes[:count]
             buffer, codes = grown, grown_codes
         buffer[count:need] = embeddings
@@ -152,8 +154,7 @@ class Gallery:
         if code is None:
             return
         keep = np.flatnonzero(self._codes[:self._count] != code)
-        buffer = np.zeros((max(16, 2 * len(keep)), self.dim), np.float32)
-        codes = np.zeros(len(buffer), np.int32)
+        buffer, codes = self._buffers(max(16, 2 * len(keep)))
         buffer[:len(keep)], codes[:len(keep)] = self._buffer[keep], self._codes[keep]
         self._publish(buffer, codes, len(keep))
 
@@ -241,18 +242,6 @@ class Gallery:
             self._append(embeddings, subject)
         return ids
 
-    def _top_rows(self, rows: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
-        """Indices of the k rows most similar to the query, best first."""
-        if k >= len(rows):
-            sims = rows @ query
-            return np.argsort(-sims, kind="stable")
-        if self._use_faiss(len(rows)):
-            _, idx = self._faiss.knn(query.reshape(1, -1), rows, k, metric=self._faiss.METRIC_INNER_PRODUCT)
-            return idx[0][idx[0] >= 0]
-        sims = rows @ query
-        top = np.argpartition(-sims, k - 1)[:k]
-        return top[np.argsort(-sims[top], kind="stable")]
-
     def identify(self, query: np.ndarray, top_k: int) -> list[Match]:
         """Best similarity per subject, best subjects first."""
         query = np.ascontiguousarray(np.asarray(query, np.float32).reshape(-1))
@@ -261,12 +250,26 @@ class Gallery:
         if count == 0:
             return []
         rows, row_codes = buffer[:count], codes[:count]
+        use_faiss, sims = self._use_faiss(count), None
         k = min(count, max(64, 8 * top_k))
         while True:  # widen the top rows until they hold top_k subjects (a subject may own many of them)
-            order = self._top_rows(rows, query, k)
+            if use_faiss and k < count:
+                _, idx = self._faiss.knn(query.reshape(1, -1), rows, k, metric=self._faiss.METRIC_INNER_PRODUCT)
+                order = idx[0][idx[0] >= 0]
+            else:
+                sims = rows @ query if sims is None else sims  # one product per identification, however wide
+                order = _best_first(sims, k)
             _, first = np.unique(row_codes[order], return_index=True)
             if len(first) >= top_k or k == count:
                 break
             k = min(count, 4 * k)
         best = order[np.sort(first)[:top_k]]
         return [Match(names[row_codes[i]], float(rows[i] @ query)) for i in best]
+
+
+def _best_first(sims: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest similarities, largest first (argpartition, then a sort of those k only)."""
+    if k >= len(sims):
+        return np.argsort(-sims, kind="stable")
+    top = np.argpartition(-sims, k - 1)[:k]
+    return top[np.argsort(-sims[top], kind="stable")]

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from facenas.serve.errors import Forbidden, RateLimited, StartupError, Unauthorized
-from facenas.serve.settings import ServeSettings
+from facenas.serve.settings import LOOPBACK, ServeSettings
 
 log = logging.getLogger("facenas.serve")
-LOOPBACK_CLIENTS = {"127.0.0.1", "::1", "localhost"}
 FORWARDED_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
 
 
@@ -93,7 +92,7 @@ class Guard:
             return "key:" + candidate[:16]
         if self.anonymous:
             return f"client:{client}"
-        if client not in LOOPBACK_CLIENTS:
+        if client not in LOOPBACK:
             raise Forbidden("this service has no API keys configured and only answers local clients")
         if forwarded:
             raise Forbidden("this service has no API keys configured and only answers local clients; this request "
