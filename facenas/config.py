@@ -121,6 +121,26 @@ class NoiseConfig(_Section):
     micro_gain_z: float = Field(1.0, ge=0)
 
 
+class RandomSearchConfig(_Section):
+    """Random search (`search.strategy: random`, `facenas.search.random_search`): the baseline a search strategy
+    must beat at equal cost. At least one limit is required; every limit set applies (the first reached ends the
+    run), and an explicit `max_epoch_macs` or `max_wall_s` replaces the one read from `budget_from`."""
+
+    epochs: Optional[int] = Field(
+        None, ge=1, description="epoch budget of every random candidate (default: the budget the egnas macro phases "
+                                "give a uniform net of the candidate's depth and width)")
+    budget_from: Optional[str] = Field(
+        None, description="an egnas run directory or its journal.sqlite (--budget-from): stop at the epochs x MACs "
+                          "and the summed candidate wall time that run spent")
+    max_epoch_macs: Optional[int] = Field(
+        None, ge=1, description="stop before the first candidate whose epochs x MACs would take the total past this")
+    max_wall_s: Optional[float] = Field(None, gt=0, description="stop once the candidates' summed wall time "
+                                                                "reaches this (seconds)")
+    max_candidates: Optional[int] = Field(None, ge=1, description="stop after this many candidates")
+
+    LIMITS: ClassVar[tuple[str, ...]] = ("budget_from", "max_epoch_macs", "max_wall_s", "max_candidates")
+
+
 class SearchSpec(_Section):
     """Everything the strategy needs to decide; nothing about how candidates are trained."""
 
@@ -133,6 +153,23 @@ class SearchSpec(_Section):
     target_tolerance: float = Field(0.1, ge=0)
     score_dtype: Literal["float32", "float64"] = Field(
         "float32", description="arithmetic of score comparisons; the authors compared float32 tensors")
+    strategy: Literal["egnas", "random"] = Field(
+        "egnas", description="egnas: the greedy macro-micro search; random: random architectures of the same space "
+                             "at a given cost, the baseline (search.random)")
+    random: RandomSearchConfig = RandomSearchConfig()
+
+    @model_validator(mode="after")
+    def _random_needs_a_limit(self) -> "SearchSpec":
+        given = [f"search.random.{key}" for key, value in self.random if value is not None]
+        if self.strategy == "egnas" and given:
+            raise ValueError(f"{', '.join(given)} only apply to search.strategy: random (--strategy random); remove "
+                             "them or choose the random strategy")
+        if self.strategy == "random" and not any(getattr(self.random, key) is not None
+                                                 for key in RandomSearchConfig.LIMITS):
+            raise ValueError("search.strategy: random needs a budget: search.random.budget_from (--budget-from, an "
+                             "egnas run directory to match its cost), or search.random.max_epoch_macs, "
+                             "search.random.max_wall_s or search.random.max_candidates")
+        return self
 
     @model_validator(mode="after")
     def _one_kind_of_rule(self) -> "SearchSpec":
@@ -211,6 +248,9 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     stem_stride: int = Field(1, ge=1, le=2)
     reductions: int = Field(2, ge=0, le=5)
+    shortcut: Optional[bool] = Field(
+        None, description="identity shortcut around every searched layer whose input and output shapes match (x + "
+                          "layer(x)); unset or false: the paper's plain chain (every replay of the authors' runs)")
     embedding_dim: int = Field(512, ge=1, description="faces: size of the embedding")
     embedding_head: Literal["gdc", "pool"] = Field(
         "gdc", description="faces: global depthwise conv (MobileFaceNet) or global average pooling before the Linear "
@@ -295,6 +335,11 @@ class MarginConfig(_Section):
     m1: Optional[float] = Field(None, ge=1, description="default 1")
     m2: Optional[float] = Field(None, ge=0, lt=3.2, description="default 0.5 for arcface, 0 otherwise")
     m3: Optional[float] = Field(None, ge=0, lt=1, description="default 0.35 for cosface, 0 otherwise")
+    # unset (None) rather than 0 by default, so that runs and fingerprints from before these keys stay valid
+    hold_epochs: Optional[float] = Field(None, ge=0, description="epochs trained without any margin first (a "
+                                                                 "normalised softmax start); unset: none")
+    warmup_epochs: Optional[float] = Field(None, ge=0, description="then epochs over which the margins grow linearly "
+                                                                   "from 0 to their values; unset: at once")
 
     def margins(self) -> tuple[float, float, float]:
         defaults = {"arcface": (1.0, 0.5, 0.0), "cosface": (1.0, 0.0, 0.35), "combined": (1.0, 0.3, 0.2)}[self.loss]

@@ -86,27 +86,36 @@ def search(
                                                "needed (same path and result as one worker)"),
     ray_address: Optional[str] = typer.Option(None, help="run.ray.address: join this Ray cluster (with --executor "
                                                          "ray; default: start a local one)"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="search.strategy: egnas (default, the four "
+                                           "phases) or random (the baseline: random architectures of the same "
+                                           "space at a given cost)"),
+    budget_from: Optional[Path] = typer.Option(None, "--budget-from", help="search.random.budget_from: with "
+                                               "--strategy random, stop at the epochs x MACs and candidate time "
+                                               "this egnas run directory (or journal.sqlite) spent"),
     download: Optional[bool] = typer.Option(None, "--download/--no-download",
                                             help="data.download: fetch torchvision datasets if missing"),
     sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE",
                                              help="any config key, e.g. --set search.depth.max=12"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log more"),
 ) -> None:
-    """Run the four-phase search (depth, width, operations, kernels) and write best_arch.json."""
+    """Run the four-phase search (depth, width, operations, kernels) and write best_arch.json; `--strategy random`
+    runs the random-search baseline instead."""
     setup_logging(verbose)
     cfg = run_guarded(load_run_config, config, sets, {
         "data.root": str(data_root) if data_root else None, "faces.data.source": face_source,
         "run.out": str(out_dir) if out_dir else None,
         "run.resume": resume or None, "run.retry_failed": retry_failed or None, "seed": seed,
         "run.executor": executor, "run.workers": workers, "run.ray.address": ray_address,
+        "search.strategy": strategy, "search.random.budget_from": str(budget_from) if budget_from else None,
         "data.download": download}, {("train.device", "faces.train.device"): device})
     from facenas.cli.progress import RichSearchEvents, print_search_summary
     from facenas.search.run import search_from_config
 
     what = (f"faces from {cfg.faces.data.source} ({cfg.faces.data.heldout_identities} held-out identities)"
             if cfg.task == "faces" else f"dataset {cfg.data.dataset} (protocol {cfg.data.protocol})")
-    out.print(f"facenas {__version__} search [bold]{cfg.name}[/]: {what}, seed {cfg.seed}, run directory "
-              f"{cfg.out_dir()}", highlight=False)
+    strategy_note = "random search (the baseline), " if cfg.search.strategy == "random" else ""
+    out.print(f"facenas {__version__} search [bold]{cfg.name}[/]: {strategy_note}{what}, seed {cfg.seed}, run "
+              f"directory {cfg.out_dir()}", highlight=False)
     with RichSearchEvents(console) as events:
         run = run_guarded(search_from_config, cfg, events=events)
     print_search_summary(out, run)
@@ -617,6 +626,8 @@ def fidelity(
     proxy_epochs: Optional[int] = typer.Option(None, "--proxy-epochs", min=1,
                                                help="proxy budget (default: search.depth.start_epochs)"),
     factor: int = typer.Option(4, "--factor", min=2, help="the long budget is factor x the proxy budget"),
+    long_epochs: Optional[int] = typer.Option(None, "--long-epochs", min=2,
+                                              help="the long budget in epochs (instead of --factor)"),
     params: Optional[int] = typer.Option(None, "--params", min=1, help="draw every architecture at this parameter "
                                          "count (default: spread over the sizes the search visits)"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="where fidelity.json and fidelity.png go (default "
@@ -641,7 +652,8 @@ def fidelity(
 
     try:
         data, json_path, png = run_guarded(fidelity_from_config, cfg, folder, archs=archs, seed=seed,
-                                           proxy_epochs=proxy_epochs, factor=factor, params=params, on_run=progress)
+                                           proxy_epochs=proxy_epochs, factor=factor, params=params,
+                                           long_epochs=long_epochs, on_run=progress)
     except typer.Exit as stop:
         if stop.exit_code == 130:  # run_guarded's hint names --resume; here the same command resumes
             console.print(f"the finished runs are in {folder}; run the same command to continue", highlight=False)

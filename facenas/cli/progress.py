@@ -131,6 +131,9 @@ def print_search_summary(console: Console, run: SearchRun) -> None:
     console.print(table)
     r = run.result
     console.print(f"found: [bold]{s['arch_short']}[/]", highlight=False)
+    if s.get("strategy") == "random":
+        _print_random_summary(console, run)
+        return
     console.print(f"  macro depth {r.macro_depth}, width {r.macro_width} (epochs {r.macro_epochs}, score "
                   f"{_pct(r.macro_score)}); micro width {r.micro_width} (score {_pct(r.micro_score)})",
                   highlight=False)
@@ -139,6 +142,24 @@ def print_search_summary(console: Console, run: SearchRun) -> None:
                       f"to the macro net); the result is reported at the macro width {r.macro_width} with their ops "
                       "and kernels, as the authors did, so no candidate scored exactly this architecture",
                       highlight=False)
+    console.print(f"  parameters {s['params']:,} ({s['params'] / 1e6:.3f} M), MACs {s['macs']:,}; "
+                  f"protocol {s['protocol']}; seed {s['seed']}", highlight=False)
+    console.print(f"  wrote {run.paths.best_arch} and {run.paths.summary}", highlight=False)
+
+
+def _print_random_summary(console: Console, run: SearchRun) -> None:
+    """The random baseline's result, and the budget it was held to next to what it spent."""
+    s, r = run.summary, run.result
+    budget, spent = s["budget"], s["spent"]
+    console.print(f"  the best of {spent['candidates']} random candidates (#{s['best_index']}, {r.macro_epochs} "
+                  f"epoch{'s' * (r.macro_epochs != 1)}, score {_pct(r.macro_score)})", highlight=False)
+    for key, unit, fmt in (("epoch_macs", "epochs x MACs", ",.0f"), ("wall_s", "s of candidate time", ",.1f")):
+        if budget.get(key) is not None:
+            console.print(f"  spent {spent[key]:{fmt}} of {budget[key]:{fmt}} {unit} "
+                          f"({100 * spent[key] / budget[key]:.0f} %)", highlight=False)
+    source = budget.get("source")
+    console.print(f"  stopped by the {s['stopped_by']} limit"
+                  + (f"; budget read from {source['journal']}" if source else ""), highlight=False)
     console.print(f"  parameters {s['params']:,} ({s['params'] / 1e6:.3f} M), MACs {s['macs']:,}; "
                   f"protocol {s['protocol']}; seed {s['seed']}", highlight=False)
     console.print(f"  wrote {run.paths.best_arch} and {run.paths.summary}", highlight=False)

@@ -15,8 +15,20 @@ from facenas.models.layers import ClassifierHead, EmbeddingHead, build_layer
 from facenas.space.arch import Arch
 
 
+class Residual(nn.Module):
+    """x + layer(x): the face profile's identity shortcut (`Profile.shortcut`) around a shape-preserving layer."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layer(x)
+
+
 class ChainNet(nn.Module):
-    """A plain chain: no skip connections, no SE, no dropout."""
+    """The paper's plain chain (no skip connections, no SE, no dropout); with `profile.shortcut`, identity
+    shortcuts around the layers whose shapes match."""
 
     def __init__(self, arch: Arch) -> None:
         super().__init__()
@@ -26,7 +38,8 @@ class ChainNet(nn.Module):
             create_conv2d(profile.in_channels, arch.stem_channels, 3, stride=profile.stem_stride, bias=False),
             nn.BatchNorm2d(arch.stem_channels),
         )
-        self.layers = nn.Sequential(*[build_layer(spec) for spec in arch.layers()])
+        self.layers = nn.Sequential(*[Residual(build_layer(spec)) if spec.shortcut else build_layer(spec)
+                                      for spec in arch.layers()])
         if profile.head == "classifier":
             self.head: nn.Module = ClassifierHead(arch.out_channels, profile.num_classes)
         else:

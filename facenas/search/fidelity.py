@@ -253,11 +253,12 @@ def plot_fidelity(data: dict[str, Any], path: Path, title: str) -> None:
 
 def fidelity_from_config(config: Config, out: str | Path, *, archs: int, seed: int = 0,
                          proxy_epochs: Optional[int] = None, factor: int = 4, params: Optional[int] = None,
-                         executor: Optional[Executor] = None,
+                         long_epochs: Optional[int] = None, executor: Optional[Executor] = None,
                          on_run: Optional[RunCallback] = None) -> tuple[dict[str, Any], Path, Path]:
     """The whole check for a search config: choose, train (resumably), correlate, plot; returns (data, json, png).
 
-    The proxy budget defaults to the depth phase's first (`search.depth.start_epochs`); `run.retry_failed` and
+    The proxy budget defaults to the depth phase's first (`search.depth.start_epochs`); the long one is `factor`
+    times it, or `long_epochs` (e.g. the 20 epochs of the backbone comparison's budget); `run.retry_failed` and
     `run.max_consecutive_failures` act as in a search.
     """
     from facenas.search.evaluator import make_task
@@ -272,9 +273,12 @@ def fidelity_from_config(config: Config, out: str | Path, *, archs: int, seed: i
     w = config.search.width
     chosen = choose_archs(space, archs, seed, widths=(w.min, w.first), params=params)
     proxy = proxy_epochs or config.search.depth.start_epochs
+    long = long_epochs or proxy * factor
+    if long <= proxy:
+        raise ConfigError(f"the long budget ({long} epochs) must exceed the proxy budget ({proxy})")
     folder = Path(out)
-    settings = {"config": fingerprint(config), "params": params, "factor": factor}
-    data = run_fidelity(evaluator, chosen, proxy, proxy * factor, seed=seed, path=folder / JSON_FILE,
+    settings = {"config": fingerprint(config), "params": params, "factor": None if long_epochs else factor}
+    data = run_fidelity(evaluator, chosen, proxy, long, seed=seed, path=folder / JSON_FILE,
                         settings=settings, executor=executor or make_executor(config.run.executor, evaluator),
                         on_run=on_run, retry_failed=config.run.retry_failed,
                         max_consecutive_failures=config.run.max_consecutive_failures)

@@ -10,6 +10,9 @@ accepted exactly when the incumbent architecture after it differs from the one b
 before a candidate is what it was compared with. The first depth and the first micro candidate (the macro result
 re-scored at the micro budget) are baselines, taken without a comparison. The replays cost O(n^2) strategy steps.
 
+A random run (`search.strategy: random`) has no rules to replay: each candidate is compared with the best score
+before it (`random_decisions`), and its budget and what it spent come from its journal and summary.
+
 The rest is presentation: `decisions` (pure) turns records into rows with the comparison in words and, where the
 config gives `search.noise.std`, the band of the rule thresholds around the incumbent; `write_report` writes
 `trajectory.png` and `report.md`.
@@ -28,14 +31,18 @@ import numpy as np
 from facenas.config import Config, Rules, SearchSpec, config_data, decision_rules, parse_config
 from facenas.errors import JournalError
 from facenas.search.journal import CandidateRecord, SQLiteJournal
+from facenas.search.random_search import BUDGET_META, Budget, best_record, progress, result_of
 from facenas.search.run import RunPaths, score_description
 from facenas.search.strategy import PHASES, Candidate, Done, HistoryMismatch, Outcome, SearchResult, next_step, search
 from facenas.space.arch import OP_NAMES, Profile
 
 TRAJECTORY_FILE = "trajectory.png"
 REPORT_FILE = "report.md"
-PHASE_COLOURS = {"depth": "tab:blue", "width": "tab:orange", "ops": "tab:green", "kernels": "tab:purple"}
+PHASE_COLOURS = {"depth": "tab:blue", "width": "tab:orange", "ops": "tab:green", "kernels": "tab:purple",
+                 "random": "tab:red"}
 MACRO = ("depth", "width")
+#: Phases a report shows, in order: the egnas strategy's four, then the random baseline's one.
+REPORT_PHASES = (*PHASES, "random")
 
 
 # -- the strategy's incumbents ---------------------------------------------------------------------------------
@@ -164,10 +171,37 @@ def _words(c: Candidate, verdict: str, score: Optional[float], inc: Optional[flo
     return f"{what} {verdict}: {s} {op} {b} + {rules.micro_gain:.2f}"
 
 
+def random_decisions(records: Sequence[CandidateRecord]) -> list[Decision]:
+    """A random run's candidates: each is compared with the best score before it (the random strategy keeps the
+    best; `accepted` marks a new best, the first scored candidate is the baseline, a failure never wins)."""
+    out, best = [], None
+    for r in records:
+        c = r.candidate
+        score = None if r.status == "failed" or r.score is None or not math.isfinite(r.score) else r.score
+        what = f"random {c.arch.short()} ({c.epochs} epoch{'s' * (c.epochs != 1)})"
+        if score is None:
+            verdict, words = "failed", f"{what} failed: never the best"
+        elif best is None:
+            verdict, words = "baseline", f"{what}: the first score, {_fmt(score)}, the best so far"
+        elif score > best:
+            verdict, words = "accepted", f"{what}: the new best, {_fmt(score)} > {_fmt(best)}"
+        else:
+            verdict, words = "rejected", f"{what}: {_fmt(score)} <= the best so far, {_fmt(best)}"
+        out.append(Decision(
+            index=r.index, phase=c.phase, depth=c.arch.depth, width=c.arch.width, epochs=c.epochs, params=r.params,
+            arch=c.arch.short(), status=r.status, score=score, train_score=r.train_score, verdict=verdict,
+            incumbent=best if verdict in ("accepted", "rejected") else None, words=words))
+        if score is not None and (best is None or score > best):
+            best = score
+    return out
+
+
 def decisions(spec: SearchSpec, records: Sequence[CandidateRecord]) -> list[Decision]:
     """Every finished or failed candidate, in search order, with the strategy's decision on it."""
     if not records:
         return []
+    if spec.strategy == "random":
+        return random_decisions(records)
     profile = records[0].candidate.arch.profile
     history = [(r.candidate, r.outcome) for r in records]
     states = incumbents(spec, profile, history)
@@ -239,7 +273,9 @@ def load_run(root: str | Path) -> RunReport:
         raise JournalError(f"{paths.root} has neither config.yaml nor a config in its journal")
     summary = json.loads(paths.summary.read_text()) if paths.summary.is_file() else None
     result, nxt = None, None
-    if records:
+    if records and config.search.strategy == "random":
+        result, nxt = _random_state(config, meta, records)
+    elif records:
         history = [(r.candidate, r.outcome) for r in records]
         try:
             step = next_step(config.search, records[0].candidate.arch.profile, history)
@@ -249,7 +285,24 @@ def load_run(root: str | Path) -> RunReport:
     return RunReport(paths.root, config, meta, summary, records, decisions(config.search, records), result, nxt)
 
 
+def _random_state(config: Config, meta: dict[str, Any], records: Sequence[CandidateRecord]
+                  ) -> tuple[Optional[SearchResult], Optional[Candidate]]:
+    """(result, None) for a finished random run, (None, next candidate) for an unfinished one."""
+    if BUDGET_META not in meta:
+        raise JournalError(f"the journal of this random run holds no budget ({BUDGET_META}); was it written by "
+                           "`facenas search --strategy random`?")
+    stopped, nxt = progress(config.search, records[0].candidate.arch.profile, config.seed,
+                            Budget.from_dict(meta[BUDGET_META]), records)
+    best = best_record(records)
+    if stopped is None or best is None:
+        return None, nxt if stopped is None else None
+    return result_of(best), None
+
+
 def rules_description(spec: SearchSpec) -> str:
+    if spec.strategy == "random":
+        return ("random search: architectures drawn independently from the space, each trained once; the best score "
+                "wins, a failure never")
     r = decision_rules(spec)
     values = (f"depth gain {r.depth_gain:.3f}, depth drop {r.depth_drop:.3f}, width tolerance {r.width_tolerance:.3f},"
               f" micro gain {r.micro_gain:.3f}")
@@ -291,6 +344,7 @@ def markdown(run: RunReport, trajectory: Optional[str] = TRAJECTORY_FILE) -> str
              f"- protocol: {s.get('protocol') or evaluator.get('protocol') or 'held-out identities'}",
              f"- score: {score_description(cfg)}",
              f"- decisions: {rules_description(cfg.search)}",
+             *([f"- budget: {_budget_words(s)}"] if s.get("strategy") == "random" else []),
              f"- candidates: {len(run.decisions)} ({failed} failed), "
              + ("search finished" if run.result is not None else
                 f"search unfinished (next: {run.next_candidate.describe() if run.next_candidate else '?'})"),
@@ -302,7 +356,7 @@ def markdown(run: RunReport, trajectory: Optional[str] = TRAJECTORY_FILE) -> str
               + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(run.decisions)]
     lines += ["", "## Decisions"]
-    for phase in PHASES:
+    for phase in REPORT_PHASES:
         items = [d for d in run.decisions if d.phase == phase]
         if items:
             lines += ["", f"### {phase}", ""] + [f"- #{d.index} {d.words}" for d in items]
@@ -310,6 +364,14 @@ def markdown(run: RunReport, trajectory: Optional[str] = TRAJECTORY_FILE) -> str
     r = run.result
     if r is None:
         lines.append("The search has not finished; `facenas search ... --resume` continues it.")
+    elif cfg.search.strategy == "random":
+        best = [d for d in run.decisions if d.verdict in ("baseline", "accepted")][-1]  # the last new best
+        lines += [f"- architecture: `{r.arch.short()}`",
+                  f"- the best of {len(run.decisions)} random candidates (#{best.index}): {r.macro_epochs} "
+                  f"epoch{'s' * (r.macro_epochs != 1)}, "
+                  f"score {_fmt(r.macro_score)}"]
+        if "params" in s:
+            lines.append(f"- parameters {s['params']:,}, MACs {s.get('macs', 0):,}")
     else:
         lines += [f"- architecture: `{r.arch.short()}`",
                   f"- macro: depth {r.macro_depth}, width {r.macro_width}, {r.macro_epochs} epochs, score "
@@ -331,6 +393,17 @@ def markdown(run: RunReport, trajectory: Optional[str] = TRAJECTORY_FILE) -> str
     return "\n".join(lines) + "\n"
 
 
+def _budget_words(summary: dict[str, Any]) -> str:
+    """A random run's budget next to what it spent, from its summary."""
+    budget, spent = summary.get("budget") or {}, summary.get("spent") or {}
+    parts = [f"{spent.get(key, 0):{fmt}} of {budget[key]:{fmt}} {unit}"
+             for key, unit, fmt in (("epoch_macs", "epochs x MACs", ",.0f"), ("wall_s", "s of candidate time", ",.1f"),
+                                    ("candidates", "candidates", "d")) if budget.get(key) is not None]
+    source = budget.get("source")
+    return ("spent " + ", ".join(parts) + f"; stopped by the {summary.get('stopped_by')} limit"
+            + (f"; budget read from `{source['journal']}`" if source else ""))
+
+
 def plot_trajectory(items: Sequence[Decision], path: Path, title: str) -> None:
     """Every candidate's score by index, coloured by phase; accepted, baseline and failed marked; noise band."""
     import matplotlib
@@ -342,7 +415,7 @@ def plot_trajectory(items: Sequence[Decision], path: Path, title: str) -> None:
     scored = [d for d in items if d.score is not None]
     floor = min((d.score for d in scored), default=0.0)
     ax.plot([d.index for d in scored], [d.score for d in scored], color="0.8", lw=0.8, zorder=1)
-    for phase in PHASES:
+    for phase in REPORT_PHASES:
         xs = [d for d in scored if d.phase == phase]
         if xs:
             ax.scatter([d.index for d in xs], [d.score for d in xs], s=18, color=PHASE_COLOURS[phase], label=phase,

@@ -16,7 +16,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from facenas.search.speculate import TaskKey, plan, task_key
 from facenas.search.strategy import Candidate, Done, HistoryMismatch, SearchResult, walk
 from facenas.space.arch import Profile
 from facenas.space.count import count_macs, count_params
+
+if TYPE_CHECKING:
+    from facenas.search.random_search import Budget
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +189,10 @@ def fingerprint_data(config: Config) -> dict[str, Any]:
         data["faces"]["train"].pop(key, None)
     data["data"].pop("root", None)
     data["data"].pop("download", None)
+    if data["search"].get("strategy") == "egnas":
+        # keys added with the random strategy, without effect on an egnas run: its hash stays what it was before them
+        data["search"].pop("strategy")
+        data["search"].pop("random", None)
     return data
 
 
@@ -308,7 +315,8 @@ class SearchRun:
 
 def search_from_config(config: Config, *, events: Optional[SearchEvents] = None,
                        executor: Optional[Union[Executor, Pool]] = None) -> SearchRun:
-    """Run or resume (`run.resume`) the search a config describes, in its run directory."""
+    """Run or resume (`run.resume`) the search a config describes, in its run directory: the egnas strategy, or
+    the random baseline (`search.strategy: random`, `facenas.search.random_search`) in the same journal."""
     from facenas.search.evaluator import make_task
     from facenas.search.executor import make_pool
 
@@ -319,15 +327,30 @@ def search_from_config(config: Config, *, events: Optional[SearchEvents] = None,
                     "configs/search/faces-lfw-dev.yaml does")
     evaluator, profile = make_task(config)
     info = evaluator.describe()
+    is_random = config.search.strategy == "random"
+    budget: Optional[Budget] = None
+    if is_random and not RunPaths(config.out_dir()).journal.exists():
+        from facenas.search.random_search import resolve_budget
+
+        budget = resolve_budget(config)  # a bad --budget-from fails before the run directory is made
     journal, completed, interrupted = open_journal(config, config.run.resume, info)
+    extra: dict[str, Any] = {}
     with journal:
         if events is not None and (completed or interrupted):
             events.on_resume(completed, interrupted)
         if executor is None:
             train = config.faces.train if config.task == "faces" else config.train
             executor = make_pool(config.run, evaluator, train.threads, train.device)
-        result = run_search(config.search, profile, evaluator, journal, executor, seed=config.seed, events=events,
-                            max_consecutive_failures=config.run.max_consecutive_failures)
+        if is_random:
+            from facenas.search.random_search import held_budget, run_random_search
+
+            baseline = run_random_search(config.search, profile, evaluator, journal, executor,
+                                         budget=held_budget(journal, config, budget), seed=config.seed, events=events,
+                                         max_consecutive_failures=config.run.max_consecutive_failures)
+            result, extra = baseline.result, baseline.summary()
+        else:
+            result = run_search(config.search, profile, evaluator, journal, executor, seed=config.seed, events=events,
+                                max_consecutive_failures=config.run.max_consecutive_failures)
         records = journal.records()
     completed_records = [r for r in records if r.status in ("finished", "failed") and r.on_path]
     # speculative work (run.workers > 1) that the strategy never reached: trained to the end, or cancelled on the way
@@ -340,5 +363,6 @@ def search_from_config(config: Config, *, events: Optional[SearchEvents] = None,
                      "cancelled": sum(r.status == "cancelled" for r in ahead),
                      "wall_s": round(sum(r.wall_s or 0.0 for r in ahead), 3)},
     }
-    summary = write_outputs(config, result, completed_records, info, time.perf_counter() - began, attempts)
+    summary = write_outputs(config, result, completed_records, info, time.perf_counter() - began,
+                            {**attempts, **extra})
     return SearchRun(result, summary, completed_records, RunPaths(config.out_dir()))

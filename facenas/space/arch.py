@@ -9,6 +9,7 @@ into modules; this module imports no torch.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Iterable
 
@@ -22,6 +23,7 @@ KERNEL_SIZES = (3, 5, 7)
 HEADS = ("classifier", "embedding")
 EMBEDDING_HEADS = ("gdc", "pool")
 ARCH_FORMAT = "facenas.arch/1"
+_SHORT = re.compile(r"D(\d+)\s+C(\d+)\s+ops\s+([0-9]+)\s+k\s+([0-9]+)(\s+\+res)?")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class LayerSpec:
     stride: int
     op: int
     kernel: int
+    shortcut: bool = False  # x + layer(x): the profile asks for it and the shapes match
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,10 @@ class Profile:
     embedding_dim: int = 512
     embedding_head: str = "gdc"
     input_size: int = 32
+    #: Identity shortcut around every layer whose input and output shapes match (stride 1, same channels): the
+    #: face profile's option that lets deep chains train under a margin loss. Off (the paper's plain chain) by
+    #: default; `to_dict` leaves it out while off, so plain architectures serialise as before.
+    shortcut: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -78,6 +85,8 @@ class Profile:
                 )
         if self.input_size < 1:
             problems.append(f"input_size must be >= 1, got {self.input_size}")
+        if not isinstance(self.shortcut, bool):
+            problems.append(f"shortcut must be true or false, got {self.shortcut!r}")
         if problems:
             raise ArchError("invalid profile: " + "; ".join(problems))
 
@@ -103,7 +112,10 @@ class Profile:
         return side
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.shortcut:
+            del data["shortcut"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Profile":
@@ -215,7 +227,8 @@ class Arch:
             if i in reductions:
                 c_curr *= 2
                 stride = 2
-            specs.append(LayerSpec(i, c_prev, c_curr, stride, self.ops[i], self.kernels[i]))
+            shortcut = self.profile.shortcut and stride == 1 and c_prev == c_curr
+            specs.append(LayerSpec(i, c_prev, c_curr, stride, self.ops[i], self.kernels[i], shortcut))
             c_prev = c_curr
         return tuple(specs)
 
@@ -257,10 +270,23 @@ class Arch:
             raise ArchError(f"architecture is not valid JSON: {exc}") from exc
         return cls.from_dict(data)
 
+    @classmethod
+    def parse_short(cls, text: str, profile: Profile | None = None) -> "Arch":
+        """The inverse of `short()`: `D18 C50 ops 0010... k 3333...` under `profile` (which `short` leaves out)."""
+        match = _SHORT.fullmatch(text.strip())
+        if match is None:
+            raise ArchError(f"{text!r} is not an architecture's short form; expected e.g. 'D4 C8 ops 0100 k 3353'")
+        depth, width, ops, kernels, res = match.groups()
+        profile = profile or Profile()
+        if res:
+            profile = replace(profile, shortcut=True)
+        return cls(int(width), int(depth), tuple(map(int, ops)), tuple(map(int, kernels)), profile)
+
     def short(self) -> str:
-        """A compact, greppable form for logs: `D18 C50 ops 001000000010000000 k 333333333333333335`."""
+        """A compact, greppable form for logs: `D18 C50 ops 001000000010000000 k 333333333333333335` (`+res` at
+        the end where the profile adds identity shortcuts)."""
         return (f"D{self.depth} C{self.width} ops {''.join(map(str, self.ops))} "
-                f"k {''.join(map(str, self.kernels))}")
+                f"k {''.join(map(str, self.kernels))}" + (" +res" if self.profile.shortcut else ""))
 
     def __str__(self) -> str:
         return self.short()

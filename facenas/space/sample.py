@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from facenas.config import Config
+from facenas.config import Config, SearchSpec
 from facenas.errors import ArchError
 from facenas.space.arch import OP_CONV, OP_NAMES, OP_SEPARABLE, Arch, Profile
 from facenas.space.count import count_params
@@ -64,8 +64,13 @@ def space_from_config(config: Config, profile: Profile) -> SearchSpace:
     config's minimum lies below it. Operations: separable and conv, or separable only where the operation pass is
     off. Kernels: 3 plus `search.micro.kernels`, or 3 only where the kernel pass is off.
     """
-    micro = config.search.micro
-    depth = config.search.depth
+    return space_from_spec(config.search, profile)
+
+
+def space_from_spec(spec: SearchSpec, profile: Profile) -> SearchSpace:
+    """`space_from_config` from the search section alone (what the random search strategy holds)."""
+    micro = spec.micro
+    depth = spec.depth
     ops = (OP_SEPARABLE, OP_CONV) if micro.ops else (OP_SEPARABLE,)
     kernels = tuple(sorted({3, *micro.kernels})) if micro.kernel_pass else (3,)
     floor = profile.reductions + 1

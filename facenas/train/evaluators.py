@@ -26,7 +26,8 @@ from facenas.train.metrics import EpochMetrics, Metrics
 def profile_for_config(config: Config) -> Profile:
     info = dataset_info(config.data.dataset)
     return classification_profile(info.in_channels, info.num_classes, info.side,
-                                  stem_stride=config.model.stem_stride, reductions=config.model.reductions)
+                                  stem_stride=config.model.stem_stride, reductions=config.model.reductions,
+                                  shortcut=bool(config.model.shortcut))
 
 
 def augment_spec(data: DataConfig, train: ImageSet) -> AugmentSpec:
@@ -98,7 +99,7 @@ def face_profile(config: Config) -> Profile:
     data, model = config.faces.data, config.model
     return Profile(in_channels=data.channels, num_classes=2, stem_stride=model.stem_stride,
                    reductions=model.reductions, head="embedding", embedding_dim=model.embedding_dim,
-                   embedding_head=model.embedding_head, input_size=data.size)
+                   embedding_head=model.embedding_head, input_size=data.size, shortcut=bool(model.shortcut))
 
 
 def task_profile(config: Config) -> Profile:

@@ -37,8 +37,10 @@ from facenas.train.metrics import EpochMetrics
 
 def retarget(arch: Arch, config: Config) -> Arch:
     """The same body (C, D, ops, kernels) under the run's face profile, e.g. a half-resolution search result
-    trained at 112x112 with a stride-2 stem. Parameters are unchanged where the final feature map keeps its size."""
-    profile = face_profile(config)
+    trained at 112x112 with a stride-2 stem. Parameters are unchanged where the final feature map keeps its size.
+    The identity shortcuts belong to the body: an architecture found with them keeps them (and one found without
+    stays a plain chain) whatever the run's `model.shortcut` says."""
+    profile = replace(face_profile(config), shortcut=arch.profile.shortcut)
     if arch.profile.head != "embedding":
         raise ConfigError("this architecture has a classifier head; face training needs an architecture found by a "
                           "face search (task: faces)")

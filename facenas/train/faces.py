@@ -41,7 +41,7 @@ from facenas.train.core import (
     use_channels_last,
 )
 from facenas.train.distributed import SINGLE, World, check_world
-from facenas.train.losses import MarginHead, MarginSoftmax
+from facenas.train.losses import MarginHead, MarginSoftmax, margin_ramp
 from facenas.train.metrics import EpochMetrics
 from facenas.train.partial_fc import PartialFC
 
@@ -287,6 +287,9 @@ def fit_face(run: FaceRun, train: FaceSet | FaceStream, *, cfg: FaceTrainConfig,
         objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     stepper = Stepper(run.optimizer, run.scaler, cfg.grad_clip, world=world,
                       sharded=tuple(partial_fc.parameters()) if partial_fc is not None else ())
+    margin: MarginSoftmax = run.head.margin
+    hold, warmup = cfg.margin.hold_epochs or 0.0, cfg.margin.warmup_epochs or 0.0
+    ramps = hold > 0 or warmup > 0
     for epoch in range(run.epoch, epochs):
         began = time.perf_counter()
         run.model.train()
@@ -297,6 +300,8 @@ def fit_face(run: FaceRun, train: FaceSet | FaceStream, *, cfg: FaceTrainConfig,
         for step, images, labels in batches(epoch, run.epoch_step):
             y = labels.to(device, non_blocking=True)
             run.scheduler.step_update(epoch * steps + step)
+            if ramps:
+                margin.set_ramp(margin_ramp(epoch * steps + step, steps, hold, warmup))
             if partial_fc is not None:  # the global batch's loss, on every rank (partial_fc.py)
                 embeddings = objective(images.to(device, non_blocking=True), y)
                 loss, correct = partial_fc(embeddings, y, global_size=global_sizes[step], step=epoch * steps + step)

@@ -51,23 +51,32 @@ class MarginSoftmax(nn.Module):
         if problems:
             raise ConfigError(f"invalid margin (s={s}, m1={m1}, m2={m2}, m3={m3}): " + "; ".join(problems))
         self.s, self.m1, self.m2, self.m3 = s, m1, m2, m3
-        self.threshold = math.cos(math.pi - m2)  # cos(theta) above this: theta + m2 < pi
-        self.fallback = math.sin(m2) * m2
+        # the share of the margins in force (margin warm-up, `margin_ramp`): a tensor, so that changing it neither
+        # synchronises with the device nor makes torch.compile recompile; not saved (the step sets it)
+        self.register_buffer("ramp", torch.ones(()), persistent=False)
+
+    def set_ramp(self, value: float) -> None:
+        """Apply `value` (0 = no margin, a normalised softmax; 1 = the full margins) from the next call on."""
+        self.ramp.fill_(value)
 
     def target(self, cos: torch.Tensor) -> torch.Tensor:
-        """cos(m1 * theta + m2) - m3, kept monotonic in theta."""
+        """cos(m1 * theta + m2) - m3 at the ramp's share of the margins, kept monotonic in theta."""
+        ramp = self.ramp.to(cos.dtype)
         out = cos
         if self.m1 == 1.0 and self.m2 > 0:
+            m2 = ramp * self.m2
+            cos_m, sin_m = torch.cos(m2), torch.sin(m2)
             sin = torch.sqrt((1.0 - cos * cos).clamp_min(1e-12))
-            with_margin = cos * math.cos(self.m2) - sin * math.sin(self.m2)
-            out = torch.where(cos > self.threshold, with_margin, cos - self.fallback)
+            with_margin = cos * cos_m - sin * sin_m
+            # past theta + m2 > pi (cos(theta) below cos(pi - m2) = -cos(m2)), the linear fallback
+            out = torch.where(cos > -cos_m, with_margin, cos - sin_m * m2)
         elif self.m1 != 1.0:
             # SphereFace's monotonic extension: (-1)^k cos(angle) - 2k with k = floor(angle / pi)
             theta = torch.acos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
-            angle = self.m1 * theta + self.m2
+            angle = (1.0 + ramp * (self.m1 - 1.0)) * theta + ramp * self.m2
             k = torch.floor(angle / math.pi)
             out = (1 - 2 * torch.remainder(k, 2)) * torch.cos(angle) - 2 * k
-        return out - self.m3
+        return out - ramp * self.m3
 
     def forward(self, cosine: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         cosine = cosine.float()
@@ -76,6 +85,18 @@ class MarginSoftmax(nn.Module):
         logits = cosine.clone()
         logits[index, labels] = target
         return logits * self.s
+
+
+def margin_ramp(step: int, steps_per_epoch: int, hold_epochs: float, warmup_epochs: float) -> float:
+    """Share of the margins in force at a global step: none for `hold_epochs` (a normalised softmax start), then
+    growing linearly to all of them over `warmup_epochs` (insightface's remedy for margins that do not converge
+    from scratch). A pure function of the step, so a resumed run continues the same ramp."""
+    epoch = step / max(steps_per_epoch, 1)
+    if epoch < hold_epochs:
+        return 0.0
+    if warmup_epochs <= 0:
+        return 1.0
+    return min((epoch - hold_epochs) / warmup_epochs, 1.0)
 
 
 class MarginHead(nn.Module):

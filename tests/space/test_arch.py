@@ -68,3 +68,10 @@ def test_mutators_return_new_values():
     assert arch.with_kernel(5, 7).kernels[-1] == 7
     assert arch.with_width(12).width == 12 and arch.width == 16
     assert arch.short() == "D6 C16 ops 000000 k 333333"
+
+
+def test_parse_short_rejects_what_is_not_a_short_form():
+    with pytest.raises(ArchError, match="not an architecture's short form"):
+        Arch.parse_short("D4 C8 ops 0101")
+    with pytest.raises(ArchError, match="ops has 3 entries but depth is 4"):
+        Arch.parse_short("D4 C8 ops 010 k 3333")

@@ -89,9 +89,12 @@ class MemoryCheckpoint:
         self.saved.append(copy.deepcopy(state))
 
 
-def test_resuming_from_a_mid_epoch_checkpoint_is_exact(tiny_face_config_data):
+@pytest.mark.parametrize("margin", [{}, {"hold_epochs": 0.5, "warmup_epochs": 1.5}], ids=["margin", "warm-up"])
+def test_resuming_from_a_mid_epoch_checkpoint_is_exact(tiny_face_config_data, margin):
     data = dict(tiny_face_config_data)
-    data["faces"] = {**data["faces"], "train": {**data["faces"]["train"], "checkpoint_every_steps": 2}}
+    train = data["faces"]["train"]
+    data["faces"] = {**data["faces"], "train": {**train, "checkpoint_every_steps": 2,
+                                                "margin": {**train.get("margin", {}), **margin}}}
     cfg = parse_config(data)
     run, splits = _fresh(cfg, 3)
     fit_face(run, splits.train, cfg=cfg.faces.train, augment=cfg.faces.data.augment, epochs=3, seed=0,
@@ -158,6 +161,11 @@ def test_a_half_resolution_result_retargets_to_112(tiny_face_config_data):
                          "model": {**tiny_face_config_data["model"], "stem_stride": 2}})
     moved = retarget(found, full)
     assert (moved.width, moved.depth, moved.ops, moved.kernels) == (found.width, found.depth, found.ops, found.kernels)
+    assert not moved.profile.shortcut
+    from dataclasses import replace
+
+    with_shortcuts = retarget(replace(found, profile=replace(found.profile, shortcut=True)), full)
+    assert with_shortcuts.profile.shortcut  # the shortcuts are the body's: a run's profile does not drop them
     assert moved.profile.stem_stride == 2 and moved.profile.feature_size() == found.profile.feature_size()
     from facenas.space.count import count_params
     assert count_params(moved) == count_params(found)  # same final map: same GDC kernel, same parameters
@@ -227,3 +235,24 @@ def test_torch_compile_trains_as_eager_does(tiny_face_config_data):
         results[mode] = fit_face(run, splits.train, cfg=cfg.faces.train, augment=cfg.faces.data.augment, epochs=1,
                                  seed=0, device=torch.device("cpu"))
     assert results["default"][0].train_loss == pytest.approx(results["off"][0].train_loss, rel=1e-3)
+
+
+def test_a_held_margin_trains_as_a_normalised_softmax_and_then_takes_effect(tiny_face_config_data):
+    def trained(margin, epochs):
+        data = dict(tiny_face_config_data)
+        data["faces"] = {**data["faces"], "train": {**data["faces"]["train"], "margin": margin}}
+        cfg = parse_config(data)
+        run, splits = _fresh(cfg, epochs)
+        fit_face(run, splits.train, cfg=cfg.faces.train, augment=cfg.faces.data.augment, epochs=epochs, seed=0,
+                 device=torch.device("cpu"))
+        return run
+
+    held = trained({"loss": "arcface", "s": 16.0, "m2": 0.3, "hold_epochs": 1}, 1)
+    softmax = trained({"loss": "arcface", "s": 16.0, "m2": 0.0}, 1)
+    arcface = trained({"loss": "arcface", "s": 16.0, "m2": 0.3}, 1)
+    same = [torch.equal(a, b) for a, b in zip(held.model.state_dict().values(), softmax.model.state_dict().values())]
+    assert all(same) and held.history[0].train_loss == softmax.history[0].train_loss
+    assert held.history[0].train_loss != arcface.history[0].train_loss
+    assert held.head.margin.ramp.item() == 0.0
+    ramped = trained({"loss": "arcface", "s": 16.0, "m2": 0.3, "warmup_epochs": 1}, 2)
+    assert ramped.head.margin.ramp.item() == 1.0  # the second epoch trains with the whole margin

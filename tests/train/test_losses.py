@@ -110,3 +110,30 @@ def test_partial_fc_samples_every_positive_class_and_the_rate_of_the_rest():
     assert torch.equal(again, index) and not torch.equal(other, index)  # seeded by the step: resumes sample alike
     loss, _ = partial(torch.randn(4, 4), labels, global_size=4, step=11)
     assert torch.isfinite(loss)
+
+
+def test_margin_ramp_holds_then_grows_linearly_and_is_a_function_of_the_step():
+    from facenas.train.losses import margin_ramp
+
+    steps = 10  # per epoch
+    assert [margin_ramp(s, steps, 1.0, 2.0) for s in (0, 9, 10, 20, 30, 45)] == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
+    assert margin_ramp(5, steps, 0.0, 0.0) == 1.0 and margin_ramp(5, steps, 1.0, 0.0) == 0.0
+    assert margin_ramp(15, steps, 1.0, 0.0) == 1.0  # a softmax start that switches the margin on at once
+
+
+@pytest.mark.parametrize("kwargs", [{"m2": 0.5}, {"m2": 0.0, "m3": 0.35}, {"m1": 1.0, "m2": 0.3, "m3": 0.2},
+                                    {"m1": 2.0, "m2": 0.1}])
+def test_the_ramp_scales_every_margin_from_none_to_all(kwargs):
+    cos = torch.tensor([[0.7, 0.1, -0.2], [0.3, 0.8, 0.5]])
+    y = torch.tensor([0, 1])
+    margin = MarginSoftmax(s=10, **kwargs)
+    full = margin(cos, y)
+    margin.set_ramp(0.0)
+    assert torch.allclose(margin(cos, y), 10 * cos, atol=1e-5)  # a normalised softmax: no margin at all
+    margin.set_ramp(0.5)
+    half = MarginSoftmax(s=10, m1=1 + (kwargs.get("m1", 1.0) - 1) / 2, m2=kwargs.get("m2", 0.5) / 2,
+                         m3=kwargs.get("m3", 0.0) / 2)
+    assert torch.allclose(margin(cos, y), half(cos, y), atol=1e-5)
+    margin.set_ramp(1.0)
+    assert torch.equal(margin(cos, y), full)
+    assert "ramp" not in margin.state_dict()  # set by the step, never saved: old checkpoints load as they were
