@@ -250,7 +250,7 @@ def plan_size_curve(config_path: str, arch_path: Path, overrides: dict[str, Any]
             if not tier_reachable(space, low, high, size, tol):
                 continue
             hits = draw_random(space, size, random_seed, 1, tol,
-                               lambda a, lo=low, hi=high: a not in (found, scaled) and lo <= a.width
+                               lambda a, lo=low, hi=high, body=scaled: a not in (found, body) and lo <= a.width
                                and (hi is None or a.width <= hi))
             if hits:
                 drawn = (hits[0], restriction if high is None else f"{restriction} ({low}..{high})", tol)

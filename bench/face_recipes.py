@@ -8,7 +8,8 @@ of architectures under named recipes (a recipe is a set of config overrides, kep
 architecture under every recipe (paired comparisons), and records per epoch the train accuracy and loss, plus the
 held-out score at the end.
 
-    python bench/face_recipes.py -c configs/search/faces-lfw-dev.yaml --face-source ../shared/data/lfw-dev/images \\
+    python bench/face_recipes.py -c configs/experiments/faces-lfw-dev-first-recipe.yaml \\
+        --face-source ../shared/data/lfw-dev/images \\
         --recipes configs/experiments/face-recipes.yaml --recipe arcface --recipe margin-warmup \\
         --arch "D12 C13 ops 001010101100 k 353353553555" --epochs 8 --jobs 2
 

@@ -21,7 +21,7 @@ _spec.loader.exec_module(fr)
 def test_every_shipped_recipe_is_a_valid_override_of_the_lfw_dev_config(name):
     recipe = fr.read_recipes(RECIPES, [name])[name]
     assert recipe["about"]
-    config = load_config(ROOT / "configs" / "search" / "faces-lfw-dev.yaml", recipe["set"])
+    config = load_config(RECIPES.parent / "faces-lfw-dev-first-recipe.yaml", recipe["set"])
     for key, value in recipe["set"].items():
         node = config
         for part in key.split("."):

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from facenas.config import Config
+from facenas.config import Config, SearchSpec
 from facenas.errors import ArchError, ConfigError, SearchAborted
 from facenas.search.evaluator import Evaluator, Metrics
 from facenas.search.executor import CandidateFailed, Executor, InlineExecutor
@@ -277,7 +277,10 @@ def fidelity_from_config(config: Config, out: str | Path, *, archs: int, seed: i
     if long <= proxy:
         raise ConfigError(f"the long budget ({long} epochs) must exceed the proxy budget ({proxy})")
     folder = Path(out)
-    settings = {"config": fingerprint(config), "params": params, "factor": None if long_epochs else factor}
+    # the training and scoring, not the search's decision rules (measuring the noise later must not orphan a long
+    # fidelity run); the space is pinned by the list of architectures in the settings
+    settings = {"config": fingerprint(config.model_copy(update={"search": SearchSpec()})), "params": params,
+                "factor": None if long_epochs else factor}
     data = run_fidelity(evaluator, chosen, proxy, long, seed=seed, path=folder / JSON_FILE,
                         settings=settings, executor=executor or make_executor(config.run.executor, evaluator),
                         on_run=on_run, retry_failed=config.run.retry_failed,

@@ -45,10 +45,10 @@ import numpy as np
 
 from facenas.config import Config, SearchSpec, parse_config
 from facenas.errors import JournalError, SearchAborted
-from facenas.search.evaluator import EpochMetrics, Evaluator
+from facenas.search.evaluator import Evaluator
 from facenas.search.executor import CandidateFailed, Executor, Pool, Task
 from facenas.search.journal import CandidateRecord, SQLiteJournal
-from facenas.search.run import JOURNAL_FILE, SearchEvents, _as_pool, candidate_seed, fingerprint_data
+from facenas.search.run import JOURNAL_FILE, SearchEvents, _as_pool, candidate_seed, epoch_logger, fingerprint_data
 from facenas.search.strategy import Candidate, SearchResult
 from facenas.space.arch import Profile
 from facenas.space.count import count_macs, count_params
@@ -308,10 +308,7 @@ def run_random_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, 
     running: dict[int, Task] = {}
     spent = Spent.of(path)
     failures_in_a_row = 0
-
-    def on_epoch(task: Task, epoch: EpochMetrics) -> None:
-        journal.log_epoch(task.id, epoch)
-        events.on_epoch(task.index, task.candidate, epoch)
+    on_epoch = epoch_logger(journal, events)
 
     try:
         while True:

@@ -16,7 +16,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -75,6 +75,16 @@ def _as_pool(evaluator: Evaluator, executor: Union[Executor, Pool]) -> Pool:
     return executor if hasattr(executor, "submit") else SerialPool(evaluator, executor)  # type: ignore[arg-type]
 
 
+def epoch_logger(journal: SQLiteJournal, events: SearchEvents) -> Callable[[Task, EpochMetrics], None]:
+    """What a pool calls after each epoch of a task: the journal keeps the epoch, the events show it."""
+
+    def on_epoch(task: Task, epoch: EpochMetrics) -> None:
+        journal.log_epoch(task.id, epoch)
+        events.on_epoch(task.index, task.candidate, epoch)
+
+    return on_epoch
+
+
 def run_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, journal: SQLiteJournal,
                executor: Union[Executor, Pool], *, seed: int, events: Optional[SearchEvents] = None,
                max_consecutive_failures: int = 0) -> SearchResult:
@@ -94,10 +104,7 @@ def run_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, journal
     known = {task_key(r.index, r.candidate): r for r in journal.off_path()}
     running: dict[TaskKey, Task] = {}
     failures_in_a_row = 0
-
-    def on_epoch(task: Task, epoch: EpochMetrics) -> None:
-        journal.log_epoch(task.id, epoch)
-        events.on_epoch(task.index, task.candidate, epoch)
+    on_epoch = epoch_logger(journal, events)
 
     try:
         while True:

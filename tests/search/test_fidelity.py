@@ -157,3 +157,25 @@ def test_cli_fidelity_on_a_tiny_digits_config(tmp_path, tiny_config_data):
     again = CliRunner().invoke(app, args)  # resumes: nothing left to train
     assert again.exit_code == 0 and "proxy (1 epochs)" not in again.output
     assert json.loads((tmp_path / "fid" / "fidelity.json").read_text()) == data
+
+
+def test_long_epochs_set_the_long_budget_and_the_rules_can_change_without_orphaning_the_run(tmp_path,
+                                                                                            tiny_config_data):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_data))
+    args = ["fidelity", "-c", str(config), "--archs", "2", "--proxy-epochs", "1", "--long-epochs", "3", "--out",
+            str(tmp_path / "fid")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
+    assert [(e["proxy"]["epochs"], e["long"]["epochs"]) for e in data["archs"]] == [(1, 3)] * 2
+    assert data["settings"]["long_epochs"] == 3 and data["settings"]["factor"] is None
+    # measuring the noise later changes the search's rules, not how a candidate trains: the run still resumes
+    again = CliRunner().invoke(app, args + ["--set", "search.noise.std=2.5"])
+    assert again.exit_code == 0 and "epochs)" not in again.output, again.output
+    # a change to training does orphan it, with a message naming the setting
+    other = CliRunner().invoke(app, args + ["--set", "train.lr=0.5"])
+    assert other.exit_code != 0 and "config" in other.output
+    short = CliRunner().invoke(app, ["fidelity", "-c", str(config), "--archs", "2", "--proxy-epochs", "3",
+                                     "--long-epochs", "3", "--out", str(tmp_path / "fid2")])
+    assert short.exit_code != 0 and "must exceed the proxy budget" in short.output
