@@ -658,7 +658,16 @@ def fidelity(
         if stop.exit_code == 130:  # run_guarded's hint names --resume; here the same command resumes
             console.print(f"the finished runs are in {folder}; run the same command to continue", highlight=False)
         raise
+    from facenas.search.fidelity import TRAINED_BELOW, table, untrained
+
     s = data["settings"]
+    for row in table(data):
+        out.print(row, markup=False, highlight=False)
+    stuck = untrained(data)
+    if stuck:
+        out.print(f"{len(stuck)} of {len(data['archs'])} architectures ended below {TRAINED_BELOW:.0f} % train "
+                  f"accuracy at {s['long_epochs']} epochs (in bold): their scores say whether they trained, not how "
+                  "good their architecture is", markup=False, highlight=False)
     out.print(f"{len(data['archs'])} architectures, {s['proxy_epochs']} against {s['long_epochs']} epochs:",
               highlight=False)
     for key, c in data["correlations"].items():

@@ -218,6 +218,39 @@ def run_fidelity(evaluator: Evaluator, archs: Sequence[Arch], proxy_epochs: int,
     return data
 
 
+#: A network below this train accuracy (%) did not fit its training people: its score says nothing of its
+#: architecture, only that it did not train.
+TRAINED_BELOW = 50.0
+
+
+def untrained(data: dict[str, Any], budget: str = "long") -> list[dict[str, Any]]:
+    """The architectures whose run at `budget` failed or ended below `TRAINED_BELOW` % train accuracy."""
+    return [e for e in data["archs"] if e[budget] is not None
+            and (e[budget]["train_score"] is None or e[budget]["train_score"] < TRAINED_BELOW)]
+
+
+def table(data: dict[str, Any]) -> list[str]:
+    """Markdown rows by depth: each architecture's size, full convolutions, and train accuracy / score at both
+    budgets (train accuracy is the best epoch's, on the augmented training batches); untrained runs in bold."""
+    s = data["settings"]
+
+    def cell(run: Optional[dict[str, Any]]) -> str:
+        if run is None:
+            return ""
+        if run["score"] is None:
+            return f"failed ({run['error']})"
+        train = run["train_score"]
+        mark = "**" if train is None or train < TRAINED_BELOW else ""
+        return f"{mark}{train:.1f}{mark} / {run['score']:.1f}"
+
+    rows = [f"| architecture | params | MMACs | convs | train / score at {s['proxy_epochs']} epochs | "
+            f"train / score at {s['long_epochs']} epochs |", "|---|---:|---:|---:|---|---|"]
+    for e in sorted(data["archs"], key=lambda e: (e["spec"]["depth"], e["params"])):
+        rows.append(f"| {e['arch']} | {e['params']:,} | {e['macs'] / 1e6:.1f} | {sum(e['spec']['ops'])} | "
+                    f"{cell(e['proxy'])} | {cell(e['long'])} |")
+    return rows
+
+
 def plot_fidelity(data: dict[str, Any], path: Path, title: str) -> None:
     """Proxy score against long score, one point per architecture, Kendall's tau in the title."""
     import matplotlib

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from facenas.cli.main import app
 from facenas.config import parse_config
 from facenas.errors import ConfigError, NonFiniteLossError, SearchAborted
-from facenas.search.fidelity import choose_archs, measures_of, rank_correlation, run_fidelity
+from facenas.search.fidelity import choose_archs, measures_of, rank_correlation, run_fidelity, table, untrained
 from facenas.space.arch import Arch, Profile
 from facenas.space.count import count_params
 from facenas.space.sample import SearchSpace
@@ -150,6 +150,8 @@ def test_cli_fidelity_on_a_tiny_digits_config(tmp_path, tiny_config_data):
     assert [(e["proxy"]["epochs"], e["long"]["epochs"]) for e in data["archs"]] == [(1, 2)] * 3
     assert data["settings"]["proxy_epochs"] == 1 and data["correlations"]["score"]["n"] == 3
     assert (tmp_path / "fid" / "fidelity.png").stat().st_size > 0 and "Kendall tau" in result.output
+    assert "| architecture | params | MMACs | convs | train / score at 1 epochs |" in result.output
+    assert sum(line.startswith("| D") for line in result.output.splitlines()) == 3
     assert result.output.count(" proxy (1 epochs)") == 3
     cfg = parse_config(tiny_config_data)
     widths = (cfg.search.width.min, cfg.search.width.max)
@@ -179,3 +181,17 @@ def test_long_epochs_set_the_long_budget_and_the_rules_can_change_without_orphan
     short = CliRunner().invoke(app, ["fidelity", "-c", str(config), "--archs", "2", "--proxy-epochs", "3",
                                      "--long-epochs", "3", "--out", str(tmp_path / "fid2")])
     assert short.exit_code != 0 and "must exceed the proxy budget" in short.output
+
+
+def test_the_table_marks_runs_that_did_not_train():
+    def entry(index, depth, long_train):
+        spec = {"depth": depth, "ops": [1, 0] * (depth // 2) + [0] * (depth % 2)}
+        run = {"score": 60.0, "train_score": 30.0, "error": None}
+        return {"index": index, "arch": f"D{depth}", "params": 1000 * depth, "macs": 2e6, "spec": spec,
+                "proxy": run, "long": {**run, "train_score": long_train, "score": 80.0}}
+
+    data = {"settings": {"proxy_epochs": 3, "long_epochs": 20}, "archs": [entry(0, 12, 40.0), entry(1, 4, 90.0)]}
+    rows = table(data)
+    assert rows[2].startswith("| D4 ") and rows[3].startswith("| D12 ")  # by depth
+    assert "| 90.0 / 80.0 |" in rows[2] and "| **40.0** / 80.0 |" in rows[3] and "| 6 |" in rows[3]
+    assert [e["index"] for e in untrained(data)] == [0]
