@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -686,25 +687,51 @@ def noise(
     seeds: int = typer.Option(5, min=2, help="seeds per architecture"),
     epochs: Optional[int] = typer.Option(None, min=1, help="budget (default: the depth phase's first, "
                                                            "search.depth.start_epochs)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON, each training as it "
+                                                               "ends; the same command resumes a killed run"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="trainings at once, each in a child process with its "
+                                                             "share of the CPU threads"),
     sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="any config key"),
 ) -> None:
     """Measure the noise of the search's score (std over seeds) for search.noise.std."""
     cfg = run_guarded(load_run_config, config, sets, {
         "faces.data.source": face_source, "data.root": str(data_root) if data_root else None})
     from facenas.search.evaluator import make_task
+    from facenas.search.fidelity import write_json_atomically
     from facenas.search.noise import measure_noise, spread_architectures
+    from facenas.search.run import fingerprint
 
     evaluator, profile = make_task(cfg)
     s = cfg.search
     archs = spread_architectures(s.depth.min, s.depth.max, s.width.min, s.width.max, profile)
     budget = epochs or s.depth.start_epochs
+    if jobs > 1:
+        train = cfg.faces.train if cfg.task == "faces" else cfg.train
+        evaluator = evaluator.placed(threads=train.threads or max(1, (os.cpu_count() or 1) // jobs))
+    # what the trainings depend on (not the decision rules, which the result of this command changes)
+    settings = {"config": fingerprint(cfg.model_copy(update={"search": type(cfg.search)()})), "epochs": budget,
+                "seeds": seeds, "archs": [a.short() for a in archs]}
+    done: list[dict[str, Any]] = []
+    if json_out is not None and json_out.exists():
+        previous = json.loads(json_out.read_text())
+        if previous.get("settings") != settings:
+            fail(f"{json_out} holds another measurement (other config, budget, seeds or architectures); choose "
+                 "another --json to keep it")
+        done = previous.get("runs", [])
+        console.print(f"{len(done)} trainings already in {json_out}", highlight=False)
 
     def progress(arch: Any, seed: int, metrics: Any) -> None:
-        console.print(f"{arch.short()} seed {seed}: score {metrics.score:.3f} ({metrics.wall_s:.0f} s)",
-                      highlight=False)
+        last = metrics.epochs[-1].train_acc if metrics.epochs else float("nan")
+        console.print(f"{arch.short()} seed {seed}: score {metrics.score:.3f}, train accuracy {last:.1f} % "
+                      f"({metrics.wall_s:.0f} s)", highlight=False)
 
-    report = run_guarded(measure_noise, evaluator, archs, list(range(seeds)), budget, on_run=progress)
+    def save(record: dict[str, Any]) -> None:
+        done.append(record)
+        write_json_atomically(json_out, {"config": str(config), "epochs": budget, "seeds": seeds,
+                                          "settings": settings, "runs": done})
+
+    report = run_guarded(measure_noise, evaluator, archs, list(range(seeds)), budget, on_run=progress, done=done,
+                         on_record=save if json_out is not None else None, jobs=jobs)
     out.print(f"score of this config at {budget} epochs, over {seeds} seeds:", highlight=False)
     for arch in report.score.mean:
         out.print(f"  {arch}: {report.score.mean[arch]:.3f} +- {report.score.std[arch]:.3f} (std)", highlight=False)
@@ -718,8 +745,8 @@ def noise(
         for key, value in sorted(report.measures.items(), key=lambda kv: -(kv[1].signal_to_noise or 0)):
             out.print(f"  {key:22s} {value.pooled_std:7.3f} {value.signal_to_noise or 0:6.2f}", highlight=False)
     if json_out is not None:
-        json_out.write_text(json.dumps({"config": str(config), "epochs": budget, "seeds": seeds,
-                                        **report.to_dict()}, indent=1) + "\n")
+        write_json_atomically(json_out, {"config": str(config), "epochs": budget, "seeds": seeds,
+                                          "settings": settings, **report.to_dict()})
         out.print(f"wrote {json_out}", highlight=False)
 
 

@@ -146,7 +146,7 @@ def correlations(entries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]
 
 # -- the runs ----------------------------------------------------------------------------------------------------
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
     """Atomically: a kill while writing leaves the previous file, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -207,7 +207,7 @@ def run_fidelity(evaluator: Evaluator, archs: Sequence[Arch], proxy_epochs: int,
                        "wall_s": time.perf_counter() - began, "error": None}
             entry[budget] = run
             data["correlations"] = correlations(data["archs"])
-            _write_json(path, data)
+            write_json_atomically(path, data)
             if on_run is not None:
                 on_run(entry["index"], budget, run)
             failures_in_a_row = failures_in_a_row + 1 if run["error"] else 0

@@ -67,22 +67,58 @@ class NoiseReport:
                 "runs": self.runs}
 
 
+RunRecord = dict[str, Any]
+
+
+def _record(arch: Arch, seed: int, metrics: Metrics) -> RunRecord:
+    """One training as the report keeps it (JSON-ready): score, per-epoch held-out and train accuracy, measures."""
+    series = {key[len("heldout_"):]: [e.extra.get(key, math.nan) for e in metrics.epochs]
+              for key in (metrics.epochs[-1].extra if metrics.epochs else {}) if key.startswith("heldout_")}
+    return {"arch": arch.short(), "seed": seed, "score": metrics.score, "wall_s": metrics.wall_s,
+            "val": [e.val_acc for e in metrics.epochs], "train_acc": [e.train_acc for e in metrics.epochs],
+            "measures": series}
+
+
 def measure_noise(evaluator: Evaluator, archs: Sequence[Arch], seeds: Sequence[int], epochs: int, *,
                   executor: Optional[Executor] = None,
-                  on_run: Optional[Callable[[Arch, int, Metrics], None]] = None) -> NoiseReport:
-    """Train every architecture under every seed for `epochs` and summarise the scores' spreads."""
-    executor = executor or InlineExecutor()
-    runs = []
-    for arch in archs:
-        for seed in seeds:
-            metrics = executor.run(evaluator, arch, epochs, seed=seed)
-            series = {key[len("heldout_"):]: [e.extra.get(key, math.nan) for e in metrics.epochs]
-                      for key in (metrics.epochs[-1].extra if metrics.epochs else {}) if key.startswith("heldout_")}
-            runs.append({"arch": arch.short(), "seed": seed, "score": metrics.score, "wall_s": metrics.wall_s,
-                         "val": [e.val_acc for e in metrics.epochs], "train_acc": [e.train_acc for e in metrics.epochs],
-                         "measures": series})
+                  on_run: Optional[Callable[[Arch, int, Metrics], None]] = None,
+                  done: Sequence[RunRecord] = (), on_record: Optional[Callable[[RunRecord], None]] = None,
+                  jobs: int = 1) -> NoiseReport:
+    """Train every architecture under every seed for `epochs` and summarise the scores' spreads.
+
+    `done` holds records of an earlier, interrupted call: those trainings are not run again. `on_record` gets each
+    new record as it finishes (the CLI writes it to disk at once, so a killed run loses one training at most).
+    With `jobs` > 1, that many trainings run at once (each in its own child process: give the evaluator its share of
+    the threads, `placed(threads=...)`); the report is the same in any order.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Lock
+
+    if executor is None:
+        from facenas.search.executor import SubprocessExecutor
+
+        executor = InlineExecutor() if jobs <= 1 else SubprocessExecutor()
+    known = {(r["arch"], r["seed"]): r for r in done}
+    todo = [(a, s) for a in archs for s in seeds if (a.short(), s) not in known]
+    lock = Lock()
+
+    def train(task: tuple[Arch, int]) -> None:
+        arch, seed = task
+        metrics = executor.run(evaluator, arch, epochs, seed=seed)
+        with lock:
+            known[(arch.short(), seed)] = record = _record(arch, seed, metrics)
+            if on_record is not None:
+                on_record(record)
             if on_run is not None:
                 on_run(arch, seed, metrics)
+
+    if jobs <= 1:
+        for task in todo:
+            train(task)
+    else:
+        with ThreadPoolExecutor(jobs) as pool:
+            list(pool.map(train, todo))  # re-raises the first failure
+    runs = [known[(a.short(), s)] for a in archs for s in seeds]
     names = list(dict.fromkeys(r["arch"] for r in runs))
     report = NoiseReport(spread({a: [r["score"] for r in runs if r["arch"] == a] for a in names}), runs=runs)
     keys = {f"{m}/{red}" for r in runs for m, series in r["measures"].items() for red in _reductions(series)}
@@ -101,4 +137,6 @@ def spread_architectures(depth_min: int, depth_max: int, width_min: int, width_m
     mixed = Arch.uniform(width_min, depth_min, profile)
     for layer in range(0, depth_min, 2):
         mixed = mixed.with_op(layer, 1)
-    return [Arch.uniform(width_max, depth_min, profile), Arch.uniform(width_max, mid, profile), mixed]
+    # distinct (a narrow depth range makes the first two one), so that no training is repeated as another arch
+    return list(dict.fromkeys([Arch.uniform(width_max, depth_min, profile), Arch.uniform(width_max, mid, profile),
+                               mixed]))

@@ -56,5 +56,40 @@ def test_cli_noise_on_a_tiny_face_config(tmp_path, tiny_face_config_data):
     assert result.exit_code == 0, result.output
     assert "search.noise.std" in result.output
     data = json.loads((tmp_path / "n.json").read_text())
-    assert len(data["runs"]) == 6 and "dprime/last" in data["measures"]
+    assert len(data["runs"]) == 4 and "dprime/last" in data["measures"]  # the tiny space has 2 distinct archs
     assert {r["seed"] for r in data["runs"]} == {0, 1}
+
+
+def test_cli_noise_resumes_a_killed_measurement_and_runs_jobs_in_parallel(tmp_path, tiny_face_config_data,
+                                                                          monkeypatch):
+    """A killed `facenas noise --json` keeps every finished training; the same command trains only the rest (here
+    on 2 jobs) and reports as an uninterrupted run would."""
+    import facenas.search.noise as noise
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_face_config_data))
+    args = ["noise", "-c", str(config), "--seeds", "2", "--epochs", "1", "--json", str(tmp_path / "n.json")]
+    real = noise._record
+
+    def killed_after_two(arch, seed, metrics):
+        if killed_after_two.calls == 2:
+            raise KeyboardInterrupt
+        killed_after_two.calls += 1
+        return real(arch, seed, metrics)
+
+    killed_after_two.calls = 0
+    monkeypatch.setattr(noise, "_record", killed_after_two)
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 130
+    partial = json.loads((tmp_path / "n.json").read_text())
+    assert len(partial["runs"]) == 2 and "score" not in partial
+    monkeypatch.setattr(noise, "_record", real)
+    second = CliRunner().invoke(app, args + ["--jobs", "2"])
+    assert second.exit_code == 0, second.output
+    assert "2 trainings already in" in second.output and second.output.count(" seed ") == 2
+    data = json.loads((tmp_path / "n.json").read_text())
+    assert [(r["arch"], r["seed"]) for r in data["runs"]] == [(a, s) for a in dict.fromkeys(
+        r["arch"] for r in data["runs"]) for s in (0, 1)] and len(data["runs"]) == 4  # 2 distinct architectures
+    assert data["runs"][:2] == partial["runs"] and "train accuracy" in second.output
+    other = CliRunner().invoke(app, args[:4] + ["3"] + args[5:])  # 3 seeds: another measurement
+    assert other.exit_code == 2 and "holds another measurement" in other.output
