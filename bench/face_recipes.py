@@ -90,7 +90,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--face-source", help="faces.data.source")
     parser.add_argument("--recipes", type=Path, default=Path("configs/experiments/face-recipes.yaml"))
     parser.add_argument("--recipe", action="append", default=[], help="a recipe name (repeat; default: all)")
-    parser.add_argument("--arch", action="append", default=[], required=True,
+    parser.add_argument("--table", action="store_true", help="print the table of --out's runs and train nothing")
+    parser.add_argument("--arch", action="append", default=[],
                         help="an architecture's short form, e.g. 'D12 C13 ops 001010101100 k 353353553555'")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per architecture and recipe")
@@ -100,6 +101,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/face_recipes-<name>.json)")
     args = parser.parse_args(argv)
 
+    if args.table:
+        summarise(json.loads(args.out.read_text()) if args.out else {"runs": {}})
+        return 0
+    if not args.arch:
+        parser.error("give at least one --arch (or --table)")
     recipes = read_recipes(args.recipes, args.recipe)
     common = dict(parse_override(s) for s in args.set)
     if args.face_source:
@@ -148,27 +154,29 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def table(runs: list[dict[str, Any]]) -> str:
-    """Markdown: one row per architecture (depth, full convolutions, parameters), a column per recipe with the final
-    train accuracy / held-out score; a run below 50 % train accuracy is marked, its score says nothing."""
+    """Markdown: a row per recipe, a column per architecture (depth, width, full convolutions, parameters), each cell
+    the final train accuracy / held-out score; a run below 50 % train accuracy is in bold, its score says nothing."""
     recipes = list(dict.fromkeys(r["recipe"] for r in runs))
     archs = sorted({(r["depth"], r["arch"].removesuffix(" +res")) for r in runs})
     cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    heads = {}
     for r in runs:
-        cells.setdefault((r["arch"].removesuffix(" +res"), r["recipe"]), []).append(r)
-    lines = ["| architecture | convs | params | " + " | ".join(recipes) + " |",
-             "|---|---:|---:|" + "---|" * len(recipes)]
-    for _, arch in archs:
-        first = next(r for r in runs if r["arch"].removesuffix(" +res") == arch)
-        row = [arch, str(first["conv_layers"]), f"{first['params']:,}"]
-        for name in recipes:
-            done = cells.get((arch, name), [])
+        plain = r["arch"].removesuffix(" +res")
+        cells.setdefault((plain, r["recipe"]), []).append(r)
+        heads[plain] = f"D{r['depth']} C{r['width']}, {r['conv_layers']} convs, {r['params'] / 1e3:.0f}k"
+    lines = ["| recipe | " + " | ".join(heads[a] for _, a in archs) + " |", "|---|" + "---|" * len(archs)]
+    for name in recipes:
+        row = [name]
+        for _, arch in archs:
+            done = [r for r in cells.get((arch, name), []) if r["status"] == "finished"]
             if not done:
-                row.append("")
+                failed = cells.get((arch, name))
+                row.append(f"failed ({failed[0]['error']})" if failed else "")
                 continue
-            train = np.mean([r["train_acc"] or 0.0 for r in done])
-            scores = [r["score"] for r in done if r["score"] is not None]
+            train = float(np.mean([r["train_acc"] or 0.0 for r in done]))
+            score = float(np.mean([r["score"] for r in done]))
             mark = "**" if train < 50 else ""
-            row.append(f"{mark}{train:.1f}{mark} / {np.mean(scores):.1f}" if scores else f"failed ({done[0]['error']})")
+            row.append(f"{mark}{train:.1f}{mark} / {score:.1f}")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -41,10 +41,13 @@ def test_seeds_are_paired_across_recipes_and_differ_across_architectures():
 
 
 def test_the_table_marks_nets_below_half_train_accuracy():
-    def run(recipe, train, score):
-        return {"recipe": recipe, "arch": "D4 C8 ops 0100 k 3333", "depth": 4, "conv_layers": 1, "params": 16544,
-                "train_acc": train, "score": score, "error": None}
+    def run(recipe, train, score, status="finished"):
+        return {"recipe": recipe, "arch": "D4 C8 ops 0100 k 3333" + (" +res" if recipe == "shortcut" else ""),
+                "depth": 4, "width": 8, "conv_layers": 1, "params": 16544, "train_acc": train, "score": score,
+                "status": status, "error": None if status == "finished" else "NaN loss"}
 
-    text = fr.table([run("arcface", 12.0, 60.0), run("shortcut", 88.0, 93.5)])
-    row = text.splitlines()[2]
-    assert "**12.0** / 60.0" in row and "88.0 / 93.5" in row and "**88.0**" not in row
+    lines = fr.table([run("arcface", 12.0, 60.0), run("shortcut", 88.0, 93.5), run("cosface", None, None, "failed")])
+    assert lines.splitlines()[0] == "| recipe | D4 C8, 1 convs, 17k |"  # one column: the shortcut is the recipe's
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines.splitlines()[2:]}
+    assert "**12.0** / 60.0" in rows["arcface"] and "88.0 / 93.5" in rows["shortcut"]
+    assert "**" not in rows["shortcut"] and "failed (NaN loss)" in rows["cosface"]

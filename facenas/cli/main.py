@@ -699,7 +699,7 @@ def noise(
     from facenas.search.evaluator import make_task
     from facenas.search.fidelity import write_json_atomically
     from facenas.search.noise import measure_noise, spread_architectures
-    from facenas.search.run import fingerprint
+    from facenas.search.run import training_fingerprint
 
     evaluator, profile = make_task(cfg)
     s = cfg.search
@@ -708,8 +708,7 @@ def noise(
     if jobs > 1:
         train = cfg.faces.train if cfg.task == "faces" else cfg.train
         evaluator = evaluator.placed(threads=train.threads or max(1, (os.cpu_count() or 1) // jobs))
-    # what the trainings depend on (not the decision rules, which the result of this command changes)
-    settings = {"config": fingerprint(cfg.model_copy(update={"search": type(cfg.search)()})), "epochs": budget,
+    settings = {"config": training_fingerprint(cfg), "epochs": budget,
                 "seeds": seeds, "archs": [a.short() for a in archs]}
     done: list[dict[str, Any]] = []
     if json_out is not None and json_out.exists():

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from facenas.config import Config, SearchSpec
+from facenas.config import Config
 from facenas.errors import ArchError, ConfigError, SearchAborted
 from facenas.search.evaluator import Evaluator, Metrics
 from facenas.search.executor import CandidateFailed, Executor, InlineExecutor
@@ -296,7 +296,7 @@ def fidelity_from_config(config: Config, out: str | Path, *, archs: int, seed: i
     """
     from facenas.search.evaluator import make_task
     from facenas.search.executor import make_executor
-    from facenas.search.run import fingerprint
+    from facenas.search.run import training_fingerprint
     from facenas.space.sample import space_from_config
 
     if factor < 2:
@@ -310,9 +310,8 @@ def fidelity_from_config(config: Config, out: str | Path, *, archs: int, seed: i
     if long <= proxy:
         raise ConfigError(f"the long budget ({long} epochs) must exceed the proxy budget ({proxy})")
     folder = Path(out)
-    # the training and scoring, not the search's decision rules (measuring the noise later must not orphan a long
-    # fidelity run); the space is pinned by the list of architectures in the settings
-    settings = {"config": fingerprint(config.model_copy(update={"search": SearchSpec()})), "params": params,
+    # the space is pinned by the list of architectures in the settings
+    settings = {"config": training_fingerprint(config), "params": params,
                 "factor": None if long_epochs else factor}
     data = run_fidelity(evaluator, chosen, proxy, long, seed=seed, path=folder / JSON_FILE,
                         settings=settings, executor=executor or make_executor(config.run.executor, evaluator),

@@ -208,6 +208,12 @@ def fingerprint(config: Config) -> str:
     return hashlib.sha256(json.dumps(fingerprint_data(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def training_fingerprint(config: Config) -> str:
+    """`fingerprint` of what one training depends on, leaving out the search section (its rules and ranges): a
+    fidelity or noise measurement keeps its trainings when, say, `search.noise.std` is set from its result."""
+    return fingerprint(config.model_copy(update={"search": SearchSpec()}))
+
+
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
