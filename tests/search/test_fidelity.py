@@ -139,14 +139,18 @@ def test_architectures_are_distinct_in_the_searchs_widths_and_reproducible():
     assert len(set(same)) == 4 and all(abs(count_params(a) - 50_000) <= 1500 for a in same)
 
 
-def test_cli_fidelity_on_a_tiny_digits_config(tmp_path, tiny_config_data):
+def _cli_fidelity(tmp_path, config_data, *budget: str) -> tuple[list[str], Any, dict[str, Any]]:
+    """`facenas fidelity` on a tiny config with `budget` options: (its arguments, the result, fidelity.json)."""
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(tiny_config_data))
-    args = ["fidelity", "-c", str(config), "--archs", "3", "--proxy-epochs", "1", "--factor", "2", "--out",
-            str(tmp_path / "fid")]
+    config.write_text(yaml.safe_dump(config_data))
+    args = ["fidelity", "-c", str(config), "--proxy-epochs", "1", *budget, "--out", str(tmp_path / "fid")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    data = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
+    return args, result, json.loads((tmp_path / "fid" / "fidelity.json").read_text())
+
+
+def test_cli_fidelity_on_a_tiny_digits_config(tmp_path, tiny_config_data):
+    args, result, data = _cli_fidelity(tmp_path, tiny_config_data, "--archs", "3", "--factor", "2")
     assert [(e["proxy"]["epochs"], e["long"]["epochs"]) for e in data["archs"]] == [(1, 2)] * 3
     assert data["settings"]["proxy_epochs"] == 1 and data["correlations"]["score"]["n"] == 3
     assert (tmp_path / "fid" / "fidelity.png").stat().st_size > 0 and "Kendall tau" in result.output
@@ -163,13 +167,7 @@ def test_cli_fidelity_on_a_tiny_digits_config(tmp_path, tiny_config_data):
 
 def test_long_epochs_set_the_long_budget_and_the_rules_can_change_without_orphaning_the_run(tmp_path,
                                                                                             tiny_config_data):
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(tiny_config_data))
-    args = ["fidelity", "-c", str(config), "--archs", "2", "--proxy-epochs", "1", "--long-epochs", "3", "--out",
-            str(tmp_path / "fid")]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    data = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
+    args, _, data = _cli_fidelity(tmp_path, tiny_config_data, "--archs", "2", "--long-epochs", "3")
     assert [(e["proxy"]["epochs"], e["long"]["epochs"]) for e in data["archs"]] == [(1, 3)] * 2
     assert data["settings"]["long_epochs"] == 3 and data["settings"]["factor"] is None
     # measuring the noise later changes the search's rules, not how a candidate trains: the run still resumes
@@ -178,8 +176,8 @@ def test_long_epochs_set_the_long_budget_and_the_rules_can_change_without_orphan
     # a change to training does orphan it, with a message naming the setting
     other = CliRunner().invoke(app, args + ["--set", "train.lr=0.5"])
     assert other.exit_code != 0 and "config" in other.output
-    short = CliRunner().invoke(app, ["fidelity", "-c", str(config), "--archs", "2", "--proxy-epochs", "3",
-                                     "--long-epochs", "3", "--out", str(tmp_path / "fid2")])
+    short = CliRunner().invoke(app, ["fidelity", "-c", str(tmp_path / "c.yaml"), "--archs", "2", "--proxy-epochs",
+                                     "3", "--long-epochs", "3", "--out", str(tmp_path / "fid2")])
     assert short.exit_code != 0 and "must exceed the proxy budget" in short.output
 
 
