@@ -687,6 +687,9 @@ def noise(
     seeds: int = typer.Option(5, min=2, help="seeds per architecture"),
     epochs: Optional[int] = typer.Option(None, min=1, help="budget (default: the depth phase's first, "
                                                            "search.depth.start_epochs)"),
+    search_budget: bool = typer.Option(False, "--search-budget", help="train each architecture for the epochs the "
+                                       "search's macro phases give a net of its depth and width (deeper nets "
+                                       "longer), the budget the search compares it at, instead of one budget"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON, each training as it "
                                                                "ends; the same command resumes a killed run"),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="trainings at once, each in a child process with its "
@@ -704,11 +707,18 @@ def noise(
     evaluator, profile = make_task(cfg)
     s = cfg.search
     archs = spread_architectures(s.depth.min, s.depth.max, s.width.min, s.width.max, profile)
-    budget = epochs or s.depth.start_epochs
+    if search_budget and epochs:
+        fail("--epochs and --search-budget both set the budget; give one")
+    from facenas.search.random_search import macro_epochs
+
+    budget: Any = (lambda arch: macro_epochs(s, arch.depth, arch.width)) if search_budget else (
+        epochs or s.depth.start_epochs)
+    # JSON-ready: one number, or each architecture's budget
+    epochs_used: Any = {a.short(): budget(a) for a in archs} if search_budget else budget
     if jobs > 1:
         train = cfg.faces.train if cfg.task == "faces" else cfg.train
         evaluator = evaluator.placed(threads=train.threads or max(1, (os.cpu_count() or 1) // jobs))
-    settings = {"config": training_fingerprint(cfg), "epochs": budget,
+    settings = {"config": training_fingerprint(cfg), "epochs": epochs_used,
                 "seeds": seeds, "archs": [a.short() for a in archs]}
     done: list[dict[str, Any]] = []
     if json_out is not None and json_out.exists():
@@ -726,12 +736,14 @@ def noise(
 
     def save(record: dict[str, Any]) -> None:
         done.append(record)
-        write_json_atomically(json_out, {"config": str(config), "epochs": budget, "seeds": seeds,
+        write_json_atomically(json_out, {"config": str(config), "epochs": epochs_used, "seeds": seeds,
                                           "settings": settings, "runs": done})
 
     report = run_guarded(measure_noise, evaluator, archs, list(range(seeds)), budget, on_run=progress, done=done,
                          on_record=save if json_out is not None else None, jobs=jobs)
-    out.print(f"score of this config at {budget} epochs, over {seeds} seeds:", highlight=False)
+    at = (f"each at its search budget ({', '.join(f'{e} epochs' for e in epochs_used.values())})" if search_budget
+          else f"at {budget} epochs")
+    out.print(f"score of this config {at}, over {seeds} seeds:", highlight=False)
     for arch in report.score.mean:
         out.print(f"  {arch}: {report.score.mean[arch]:.3f} +- {report.score.std[arch]:.3f} (std)", highlight=False)
     sn = report.score.signal_to_noise
@@ -744,7 +756,7 @@ def noise(
         for key, value in sorted(report.measures.items(), key=lambda kv: -(kv[1].signal_to_noise or 0)):
             out.print(f"  {key:22s} {value.pooled_std:7.3f} {value.signal_to_noise or 0:6.2f}", highlight=False)
     if json_out is not None:
-        write_json_atomically(json_out, {"config": str(config), "epochs": budget, "seeds": seeds,
+        write_json_atomically(json_out, {"config": str(config), "epochs": epochs_used, "seeds": seeds,
                                           "settings": settings, **report.to_dict()})
         out.print(f"wrote {json_out}", highlight=False)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -79,12 +79,14 @@ def _record(arch: Arch, seed: int, metrics: Metrics) -> RunRecord:
             "measures": series}
 
 
-def measure_noise(evaluator: Evaluator, archs: Sequence[Arch], seeds: Sequence[int], epochs: int, *,
+def measure_noise(evaluator: Evaluator, archs: Sequence[Arch], seeds: Sequence[int],
+                  epochs: Union[int, Callable[[Arch], int]], *,
                   executor: Optional[Executor] = None,
                   on_run: Optional[Callable[[Arch, int, Metrics], None]] = None,
                   done: Sequence[RunRecord] = (), on_record: Optional[Callable[[RunRecord], None]] = None,
                   jobs: int = 1) -> NoiseReport:
-    """Train every architecture under every seed for `epochs` and summarise the scores' spreads.
+    """Train every architecture under every seed for `epochs` (or `epochs(arch)`: each its own budget, as the search
+    gives deeper nets more) and summarise the scores' spreads.
 
     `done` holds records of an earlier, interrupted call: those trainings are not run again. `on_record` gets each
     new record as it finishes (the CLI writes it to disk at once, so a killed run loses one training at most).
@@ -104,9 +106,10 @@ def measure_noise(evaluator: Evaluator, archs: Sequence[Arch], seeds: Sequence[i
 
     def train(task: tuple[Arch, int]) -> None:
         arch, seed = task
-        metrics = executor.run(evaluator, arch, epochs, seed=seed)
+        budget = epochs(arch) if callable(epochs) else epochs
+        metrics = executor.run(evaluator, arch, budget, seed=seed)
         with lock:
-            known[(arch.short(), seed)] = record = _record(arch, seed, metrics)
+            known[(arch.short(), seed)] = record = {**_record(arch, seed, metrics), "epochs": budget}
             if on_record is not None:
                 on_record(record)
             if on_run is not None:

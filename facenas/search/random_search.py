@@ -210,6 +210,12 @@ def proxy_epochs(spec: SearchSpec, depth: int, width: int) -> int:
     """The epoch budget of a random candidate (see the module docstring)."""
     if spec.random.epochs is not None:
         return spec.random.epochs
+    return macro_epochs(spec, depth, width)
+
+
+def macro_epochs(spec: SearchSpec, depth: int, width: int) -> int:
+    """What the egnas macro phases give a uniform net of this depth and width on the shortest way there: the proxy
+    budget a search compares such a net at (also what `facenas noise --search-budget` trains each net for)."""
     d, w = spec.depth, spec.width
     depth_steps = max(0, math.ceil((depth - d.first) / d.step))
     width_steps = max(0, (w.first - width) // w.step)

@@ -93,3 +93,27 @@ def test_cli_noise_resumes_a_killed_measurement_and_runs_jobs_in_parallel(tmp_pa
     assert data["runs"][:2] == partial["runs"] and "train accuracy" in second.output
     other = CliRunner().invoke(app, args[:4] + ["3"] + args[5:])  # 3 seeds: another measurement
     assert other.exit_code == 2 and "holds another measurement" in other.output
+
+
+def test_cli_noise_at_each_architectures_search_budget(tmp_path, tiny_face_config_data):
+    """--search-budget trains each architecture for what the macro phases give its depth and width (a narrower net
+    more epochs), the budget at which the search compares it."""
+    from facenas.config import parse_config
+    from facenas.search.random_search import macro_epochs
+
+    search = tiny_face_config_data["search"]
+    data = {**tiny_face_config_data, "search": {**search, "width": {**search["width"], "epoch_step": 1}}}
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["noise", "-c", str(config), "--seeds", "2", "--search-budget", "--json",
+                                      str(tmp_path / "n.json")])
+    assert result.exit_code == 0, result.output
+    spec = parse_config(data).search
+    data = json.loads((tmp_path / "n.json").read_text())
+    wanted = {r["arch"]: macro_epochs(spec, int(r["arch"][1:].split()[0]), int(r["arch"].split()[1][1:]))
+              for r in data["runs"]}
+    assert data["epochs"] == wanted and len(set(wanted.values())) == 2  # the narrow net trains longer
+    assert all(r["epochs"] == wanted[r["arch"]] == len(r["train_acc"]) for r in data["runs"])
+    assert "each at its search budget" in result.output
+    both = CliRunner().invoke(app, ["noise", "-c", str(config), "--search-budget", "--epochs", "2"])
+    assert both.exit_code == 2 and "give one" in both.output
