@@ -46,12 +46,23 @@ import numpy as np
 from facenas.config import Config, SearchSpec, parse_config
 from facenas.errors import JournalError, SearchAborted
 from facenas.search.evaluator import Evaluator
-from facenas.search.executor import CandidateFailed, Executor, Pool, Task
+from facenas.search.executor import Executor, Pool, Task
 from facenas.search.journal import CandidateRecord, SQLiteJournal
-from facenas.search.run import JOURNAL_FILE, SearchEvents, _as_pool, candidate_seed, epoch_logger, fingerprint_data
+from facenas.search.run import (
+    JOURNAL_FILE,
+    SearchEvents,
+    _as_pool,
+    cancel,
+    candidate_seed,
+    check_failures,
+    epoch_logger,
+    fingerprint_data,
+    launch,
+    settle,
+)
 from facenas.search.strategy import Candidate, SearchResult
 from facenas.space.arch import Profile
-from facenas.space.count import count_macs, count_params
+from facenas.space.count import count_macs
 from facenas.space.sample import SearchSpace, draw_choices, space_from_spec
 
 log = logging.getLogger(__name__)
@@ -327,51 +338,24 @@ def run_random_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, 
                 path.append(record)
                 spent = spent.plus(record)
                 events.on_candidate_end(head, record)
-                failures_in_a_row = failures_in_a_row + 1 if record.status == "failed" else 0
-                if record.status == "failed":
-                    error = (record.error or "failed").splitlines()[0]
-                    log.warning("candidate %d failed: %s", head, error)
-                    if max_consecutive_failures and failures_in_a_row >= max_consecutive_failures:
-                        raise SearchAborted(
-                            f"{failures_in_a_row} candidates in a row failed (the last: {error}); this looks like a "
-                            "broken setup rather than bad candidates. "
-                            "Fix the cause, then run the same command with --resume --retry-failed")
+                failures_in_a_row = check_failures(record, failures_in_a_row, max_consecutive_failures)
                 continue
             if stopped is not None:
                 for task in running.values():
-                    pool.cancel(task.id)
-                    journal.cancel(task.id)
-                    events.on_candidate_stop(task.index, task.candidate, "cancelled")
+                    cancel(journal, events, pool, task)
                 running.clear()
                 break
             # fill free workers with the next draws the deterministic limits admit (times of running work unknown)
             index, ahead = head, spent
             while len(running) < pool.slots and stop_reason(budget, ahead, draws.epoch_macs(index)) is None:
                 if index not in running and index not in known:
-                    candidate = draws.candidate(index)
-                    params, macs = count_params(candidate.arch), count_macs(candidate.arch)
-                    cseed = candidate_seed(seed, index)
-                    running[index] = Task(journal.begin(index, candidate, params=params, macs=macs, seed=cseed,
-                                                        on_path=False), index, candidate, cseed)
-                    events.on_candidate_start(index, candidate, params, macs)
-                    pool.submit(running[index])
+                    running[index] = launch(journal, events, pool, index, draws.candidate(index), seed)
                 ahead = Spent(ahead.candidates + 1, ahead.epoch_macs + draws.epoch_macs(index),
                               ahead.wall_s + ((known[index].wall_s or 0.0) if index in known else 0.0))
                 index += 1
             for done in pool.wait(on_epoch):
-                task, result = done.task, done.result
-                running.pop(task.index, None)
-                if isinstance(result, CandidateFailed):
-                    journal.fail(task.id, result.error, result.wall_s)
-                    status = "failed"
-                elif isinstance(result, BaseException):
-                    journal.abandon(task.id)  # missing data, a bad config: no candidate gets past it
-                    raise result
-                else:
-                    journal.finish(task.id, result)
-                    status = "finished"
-                events.on_candidate_stop(task.index, task.candidate, status)
-                known[task.index] = journal.record(task.id)
+                running.pop(done.task.index, None)
+                known[done.task.index] = settle(journal, events, done)
     finally:
         pool.close()  # stopped by an error or Ctrl-C: records in flight stay `running`, a resume trains them again
 

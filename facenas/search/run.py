@@ -24,7 +24,7 @@ from facenas import __version__
 from facenas.config import EXECUTION_KEYS, Config, SearchSpec, resolved_dict, to_yaml
 from facenas.errors import JournalError, SearchAborted
 from facenas.search.evaluator import EpochMetrics, Evaluator
-from facenas.search.executor import CandidateFailed, Executor, Pool, SerialPool, Task
+from facenas.search.executor import CandidateFailed, Completion, Executor, Pool, SerialPool, Task
 from facenas.search.journal import CandidateRecord, SQLiteJournal
 from facenas.search.speculate import TaskKey, plan, task_key
 from facenas.search.strategy import Candidate, Done, HistoryMismatch, SearchResult, walk
@@ -75,6 +75,60 @@ def _as_pool(evaluator: Evaluator, executor: Union[Executor, Pool]) -> Pool:
     return executor if hasattr(executor, "submit") else SerialPool(evaluator, executor)  # type: ignore[arg-type]
 
 
+# -- the steps both strategies' loops take (egnas here, random in random_search.py) -------------------------------
+
+def launch(journal: SQLiteJournal, events: SearchEvents, pool: Pool, index: int, candidate: Candidate,
+           run_seed: int) -> Task:
+    """Begin candidate `index` in the journal (off the path until the strategy reaches it) and submit it."""
+    params, macs = count_params(candidate.arch), count_macs(candidate.arch)
+    cseed = candidate_seed(run_seed, index)
+    task = Task(journal.begin(index, candidate, params=params, macs=macs, seed=cseed, on_path=False), index,
+                candidate, cseed)
+    events.on_candidate_start(index, candidate, params, macs)
+    pool.submit(task)
+    return task
+
+
+def cancel(journal: SQLiteJournal, events: SearchEvents, pool: Pool, task: Task) -> None:
+    """Stop a training that is no longer needed; the journal keeps it as cancelled."""
+    pool.cancel(task.id)
+    journal.cancel(task.id)
+    events.on_candidate_stop(task.index, task.candidate, "cancelled")
+
+
+def settle(journal: SQLiteJournal, events: SearchEvents, done: Completion) -> CandidateRecord:
+    """Journal a training that ended (finished or failed) and return its record. A fatal error (missing data, a bad
+    config: no candidate can get past it, and this one never trained) abandons the record and is raised."""
+    task, result = done.task, done.result
+    if isinstance(result, CandidateFailed):
+        log.debug("candidate %d failed: %s", task.index, result.error.splitlines()[0])
+        journal.fail(task.id, result.error, result.wall_s)
+        status = "failed"
+    elif isinstance(result, BaseException):
+        journal.abandon(task.id)
+        raise result
+    else:
+        journal.finish(task.id, result)
+        status = "finished"
+    events.on_candidate_stop(task.index, task.candidate, status)
+    return journal.record(task.id)
+
+
+def check_failures(record: CandidateRecord, failures_in_a_row: int, limit: int) -> int:
+    """The count of failures in a row on the path once `record` joins it; `limit` (> 0) of them stop the search
+    (`SearchAborted`): a broken setup (a missing library, a full disk) rather than bad candidates."""
+    if record.status != "failed":
+        return 0
+    failures_in_a_row += 1
+    error = (record.error or "failed").splitlines()[0]
+    log.warning("candidate %d failed: %s", record.index, error)
+    if limit and failures_in_a_row >= limit:
+        raise SearchAborted(f"{failures_in_a_row} candidates in a row failed (the last: {error}); this looks like a "
+                            "broken setup rather than bad candidates. "
+                            "Fix the cause, then run the same command with --resume --retry-failed")
+    return failures_in_a_row
+
+
 def epoch_logger(journal: SQLiteJournal, events: SearchEvents) -> Callable[[Task, EpochMetrics], None]:
     """What a pool calls after each epoch of a task: the journal keeps the epoch, the events show it."""
 
@@ -121,51 +175,19 @@ def run_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, journal
                 journal.adopt(record.id)
                 history.append((record.candidate, record.outcome))
                 events.on_candidate_end(head.index, journal.record(record.id))
-                if record.status != "failed":
-                    failures_in_a_row = 0
-                    continue
-                failures_in_a_row += 1
-                last_error = (record.error or "failed").splitlines()[0]
-                log.warning("candidate %d failed: %s", head.index, last_error)
-                if max_consecutive_failures and failures_in_a_row >= max_consecutive_failures:
-                    raise SearchAborted(
-                        f"{failures_in_a_row} candidates in a row failed (the last: {last_error}); this looks like a "
-                        "broken setup rather than bad candidates. "
-                        "Fix the cause, then run the same command with --resume --retry-failed")
+                failures_in_a_row = check_failures(record, failures_in_a_row, max_consecutive_failures)
                 continue
             decided = plan(spec, profile, history, {k: r.outcome for k, r in known.items()}, running, pool.slots)
             for key in decided.cancel:
-                task = running.pop(key)
-                pool.cancel(task.id)
-                journal.cancel(task.id)
-                events.on_candidate_stop(task.index, task.candidate, "cancelled")
+                cancel(journal, events, pool, running.pop(key))
             if isinstance(head, Done):
                 events.on_done(head.result, journal.completed())
                 return head.result
             for index, candidate in decided.launch:
-                params, macs = count_params(candidate.arch), count_macs(candidate.arch)
-                cseed = candidate_seed(seed, index)
-                task = Task(journal.begin(index, candidate, params=params, macs=macs, seed=cseed, on_path=False),
-                            index, candidate, cseed)
-                running[task_key(index, candidate)] = task
-                events.on_candidate_start(index, candidate, params, macs)
-                pool.submit(task)
+                running[task_key(index, candidate)] = launch(journal, events, pool, index, candidate, seed)
             for done in pool.wait(on_epoch):
-                task, result = done.task, done.result
-                running.pop(task_key(task.index, task.candidate), None)
-                if isinstance(result, CandidateFailed):
-                    log.debug("candidate %d failed: %s", task.index, result.error.splitlines()[0])
-                    journal.fail(task.id, result.error, result.wall_s)
-                    status = "failed"
-                elif isinstance(result, BaseException):
-                    # missing data, a bad config: no candidate can get past it, and this one never trained
-                    journal.abandon(task.id)
-                    raise result
-                else:
-                    journal.finish(task.id, result)
-                    status = "finished"
-                events.on_candidate_stop(task.index, task.candidate, status)
-                known[task_key(task.index, task.candidate)] = journal.record(task.id)
+                running.pop(task_key(done.task.index, done.task.candidate), None)
+                known[task_key(done.task.index, done.task.candidate)] = settle(journal, events, done)
     finally:
         # stopped by an error or Ctrl-C: the work in flight stops, and its records stay `running` so that a resume
         # reports them interrupted and trains them again as it would a serial run's
