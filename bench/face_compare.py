@@ -59,14 +59,13 @@ from facenas.space.arch import Arch
 from facenas.space.count import count_params
 from facenas.space.sample import SearchSpace, sample_archs, solve_width, space_from_config
 from facenas.train.face_job import backbone_spec, retarget
+from facenas.train.metrics import TRAINED_BELOW  # a mean final train accuracy below it: the net did not train
 
 MEASURES = ("accuracy", "auc", "eer")  # of report.json's test_people: accuracy and EER in %, AUC as a fraction
 #: Hand designs compared by default: the two compact baselines of the face literature facenas builds.
 DEFAULT_BASELINES = ("mobilefacenet", "iresnet18")
 #: A baseline further than this (relative) from the target is reported as "not at the same size".
 BASELINE_TOLERANCE = 0.10
-#: A mean final train accuracy below this (%) marks a network that did not train.
-TRAINED_BELOW = 50.0
 #: Widening steps of the size curve's parameter tolerance where no draw meets the requested one.
 CURVE_TOLERANCE_STEPS = (1, 2, 4, 8)
 #: The most distinct draws `draw_random` asks `sample_archs` for (a few seconds of closed-form counts).

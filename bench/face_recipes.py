@@ -39,6 +39,7 @@ from facenas.search.evaluator import make_task
 from facenas.search.executor import CandidateFailed, SubprocessExecutor
 from facenas.space.arch import Arch
 from facenas.space.count import count_macs, count_params
+from facenas.train.metrics import TRAINED_BELOW, train_and_score
 
 
 def read_recipes(path: Path, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -173,10 +174,8 @@ def table(runs: list[dict[str, Any]]) -> str:
                 failed = cells.get((arch, name))
                 row.append(f"failed ({failed[0]['error']})" if failed else "")
                 continue
-            train = float(np.mean([r["train_acc"] or 0.0 for r in done]))
-            score = float(np.mean([r["score"] for r in done]))
-            mark = "**" if train < 50 else ""
-            row.append(f"{mark}{train:.1f}{mark} / {score:.1f}")
+            row.append(train_and_score(float(np.mean([r["train_acc"] or 0.0 for r in done])),
+                                       float(np.mean([r["score"] for r in done]))))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -190,7 +189,8 @@ def summarise(data: dict[str, Any]) -> None:
     for name, runs in by_recipe.items():
         train = [r["train_acc"] or 0.0 for r in runs]
         scores = [r["score"] for r in runs if r["score"] is not None]
-        print(f"{name:28s} {len(runs):3d} runs, {sum(t < 50 for t in train)} below 50 % train accuracy, "
+        below = sum(t < TRAINED_BELOW for t in train)
+        print(f"{name:28s} {len(runs):3d} runs, {below} below {TRAINED_BELOW:.0f} % train accuracy, "
               f"mean train {np.mean(train):5.1f} %, mean score {np.mean(scores) if scores else float('nan'):5.1f}")
 
 

@@ -659,7 +659,8 @@ def fidelity(
         if stop.exit_code == 130:  # run_guarded's hint names --resume; here the same command resumes
             console.print(f"the finished runs are in {folder}; run the same command to continue", highlight=False)
         raise
-    from facenas.search.fidelity import TRAINED_BELOW, table, untrained
+    from facenas.search.fidelity import table, untrained
+    from facenas.train.metrics import TRAINED_BELOW
 
     s = data["settings"]
     for row in table(data):

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 from facenas.space.arch import Arch
-from facenas.train.metrics import EpochMetrics, Metrics
+from facenas.train.metrics import TRAINED_BELOW, EpochMetrics, Metrics, train_and_score
 
-__all__ = ["EpochCallback", "EpochMetrics", "Evaluator", "Metrics"]
+__all__ = ["TRAINED_BELOW", "EpochCallback", "EpochMetrics", "Evaluator", "Metrics", "train_and_score"]
 
 
 EpochCallback = Callable[[EpochMetrics], None]

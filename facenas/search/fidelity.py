@@ -33,7 +33,7 @@ import numpy as np
 
 from facenas.config import Config
 from facenas.errors import ArchError, ConfigError, SearchAborted
-from facenas.search.evaluator import Evaluator, Metrics
+from facenas.search.evaluator import TRAINED_BELOW, Evaluator, Metrics, train_and_score
 from facenas.search.executor import CandidateFailed, Executor, InlineExecutor
 from facenas.space.arch import Arch
 from facenas.space.count import count_macs, count_params
@@ -218,11 +218,6 @@ def run_fidelity(evaluator: Evaluator, archs: Sequence[Arch], proxy_epochs: int,
     return data
 
 
-#: A network below this train accuracy (%) did not fit its training people: its score says nothing of its
-#: architecture, only that it did not train.
-TRAINED_BELOW = 50.0
-
-
 def untrained(data: dict[str, Any], budget: str = "long") -> list[dict[str, Any]]:
     """The architectures whose run at `budget` failed or ended below `TRAINED_BELOW` % train accuracy."""
     return [e for e in data["archs"] if e[budget] is not None
@@ -239,9 +234,7 @@ def table(data: dict[str, Any]) -> list[str]:
             return ""
         if run["score"] is None:
             return f"failed ({run['error']})"
-        train = run["train_score"]
-        mark = "**" if train is None or train < TRAINED_BELOW else ""
-        return f"{mark}{train:.1f}{mark} / {run['score']:.1f}"
+        return train_and_score(run["train_score"], run["score"])
 
     rows = [f"| architecture | params | MMACs | convs | train / score at {s['proxy_epochs']} epochs | "
             f"train / score at {s['long_epochs']} epochs |", "|---|---:|---:|---:|---|---|"]

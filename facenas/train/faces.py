@@ -299,12 +299,13 @@ def fit_face(run: FaceRun, train: FaceSet | FaceStream, *, cfg: FaceTrainConfig,
                            first_step=run.epoch_step)
         for step, images, labels in batches(epoch, run.epoch_step):
             y = labels.to(device, non_blocking=True)
-            run.scheduler.step_update(epoch * steps + step)
+            at = epoch * steps + step  # the global step this batch trains
+            run.scheduler.step_update(at)
             if ramps:
-                margin.set_ramp(margin_ramp(epoch * steps + step, steps, hold, warmup))
+                margin.set_ramp(margin_ramp(at, steps, hold, warmup))
             if partial_fc is not None:  # the global batch's loss, on every rank (partial_fc.py)
                 embeddings = objective(images.to(device, non_blocking=True), y)
-                loss, correct = partial_fc(embeddings, y, global_size=global_sizes[step], step=epoch * steps + step)
+                loss, correct = partial_fc(embeddings, y, global_size=global_sizes[step], step=at)
                 stepper(loss)
                 loss = loss.detach() * world.size  # the global batch's mean loss
             else:
@@ -315,7 +316,7 @@ def fit_face(run: FaceRun, train: FaceSet | FaceStream, *, cfg: FaceTrainConfig,
                 correct = (cosine.detach().argmax(1) == y).sum()
             sums.add(loss, correct, len(y))
             sums.check(epoch, step)
-            run.global_step = epoch * steps + step + 1
+            run.global_step = at + 1
             run.epoch_step = step + 1
             if on_step is not None:
                 on_step(run, {"loss": loss.detach(), "lr": float(run.optimizer.param_groups[0]["lr"])})

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional
+
+#: A network below this train accuracy (%) did not fit its training people: its score says nothing of its
+#: architecture, only that it did not train. Every face report marks such runs.
+TRAINED_BELOW = 50.0
+
+
+def train_and_score(train: Optional[float], score: float) -> str:
+    """`train / score` for a report's table, the train accuracy in bold (markdown) where the net did not train."""
+    mark = "**" if train is None or train < TRAINED_BELOW else ""
+    return f"{mark}{train if train is not None else math.nan:.1f}{mark} / {score:.1f}"
 
 
 @dataclass(frozen=True)
