@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -636,12 +635,14 @@ def fidelity(
     face_source: Optional[str] = typer.Option(None, help="faces.data.source"),
     data_root: Optional[Path] = typer.Option(None, help="data.root (classification)"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="run.retry_failed: train failed runs again"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="run.workers: trainings at once, "
+                                          "each in a child process with its share of the CPU threads (or a GPU)"),
     sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="any config key"),
 ) -> None:
     """Check the proxy: rank correlation of scores at the search's budget and at factor x it, over N architectures."""
     cfg = run_guarded(load_run_config, config, sets, {
         "faces.data.source": face_source, "data.root": str(data_root) if data_root else None,
-        "run.retry_failed": retry_failed or None})
+        "run.retry_failed": retry_failed or None, "run.workers": workers})
     from facenas.search.fidelity import fidelity_from_config
 
     folder = out_dir or Path("runs") / f"{cfg.name}-fidelity"
@@ -693,14 +694,17 @@ def noise(
                                        "longer), the budget the search compares it at, instead of one budget"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON, each training as it "
                                                                "ends; the same command resumes a killed run"),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="trainings at once, each in a child process with its "
-                                                             "share of the CPU threads"),
+    workers: Optional[int] = typer.Option(None, "--workers", "--jobs", "-w", "-j", min=1, help="run.workers: "
+                                          "trainings at once, each in a child process with its share of the CPU "
+                                          "threads (or a GPU)"),
     sets: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="any config key"),
 ) -> None:
     """Measure the noise of the search's score (std over seeds) for search.noise.std."""
     cfg = run_guarded(load_run_config, config, sets, {
-        "faces.data.source": face_source, "data.root": str(data_root) if data_root else None})
+        "faces.data.source": face_source, "data.root": str(data_root) if data_root else None,
+        "run.workers": workers})
     from facenas.search.evaluator import make_task
+    from facenas.search.executor import make_pool
     from facenas.search.fidelity import write_json_atomically
     from facenas.search.noise import measure_noise, spread_architectures
     from facenas.search.run import training_fingerprint
@@ -716,9 +720,6 @@ def noise(
         epochs or s.depth.start_epochs)
     # JSON-ready: one number, or each architecture's budget
     epochs_used: Any = {a.short(): budget(a) for a in archs} if search_budget else budget
-    if jobs > 1:
-        train = cfg.faces.train if cfg.task == "faces" else cfg.train
-        evaluator = evaluator.placed(threads=train.threads or max(1, (os.cpu_count() or 1) // jobs))
     settings = {"config": training_fingerprint(cfg), "epochs": epochs_used,
                 "seeds": seeds, "archs": [a.short() for a in archs]}
     done: list[dict[str, Any]] = []
@@ -740,8 +741,10 @@ def noise(
         write_json_atomically(json_out, {"config": str(config), "epochs": epochs_used, "seeds": seeds,
                                           "settings": settings, "runs": done})
 
+    train = cfg.faces.train if cfg.task == "faces" else cfg.train
+    pool = make_pool(cfg.run, evaluator, train.threads, train.device)
     report = run_guarded(measure_noise, evaluator, archs, list(range(seeds)), budget, on_run=progress, done=done,
-                         on_record=save if json_out is not None else None, jobs=jobs)
+                         on_record=save if json_out is not None else None, executor=pool)
     at = (f"each at its search budget ({', '.join(f'{e} epochs' for e in epochs_used.values())})" if search_budget
           else f"at {budget} epochs")
     out.print(f"score of this config {at}, over {seeds} seeds:", highlight=False)

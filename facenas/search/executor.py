@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, Union
+from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
 from facenas.errors import FacenasError, TrainingError
 from facenas.search.evaluator import EpochCallback, EpochMetrics, Evaluator, Metrics
@@ -364,6 +364,37 @@ def make_pool(run: Any, evaluator: Evaluator, threads: Optional[int], device: st
         return SerialPool(evaluator, make_executor(run.executor, evaluator))
     return ProcessPool(evaluator, run.workers, local_placements(run.workers, threads, local_devices(device)),
                        preload=("torch", type(evaluator).__module__))
+
+
+def as_pool(evaluator: Evaluator, executor: Union[Executor, Pool]) -> Pool:
+    """A pool as given, or an executor wrapped in a one-slot `SerialPool`."""
+    return executor if hasattr(executor, "submit") else SerialPool(evaluator, executor)  # type: ignore[arg-type]
+
+
+def train_all(pool: Pool, runs: Sequence[tuple[Arch, int, int]],
+              on_done: Callable[[int, Union[Metrics, CandidateFailed]], None], phase: str = "check") -> None:
+    """Train every (architecture, epochs, seed) of `runs` on `pool`, as many at once as it has slots, in order.
+
+    `on_done(i, result)` runs in this thread as the i-th run ends, with its metrics or its `CandidateFailed`; an
+    exception it raises, or a fatal error from a run (missing data), stops the rest. The pool is always closed, so
+    Ctrl-C or an error leaves no child process training behind. For measurements outside a search (fidelity,
+    noise): no journal, no strategy.
+    """
+    queue = list(enumerate(runs))
+    running = 0
+    try:
+        while queue or running:
+            while queue and running < pool.slots:
+                i, (arch, epochs, seed) = queue.pop(0)
+                pool.submit(Task(i, i, Candidate(phase, arch, epochs), seed))
+                running += 1
+            for done in pool.wait(lambda task, epoch: None):
+                running -= 1
+                if isinstance(done.result, BaseException) and not isinstance(done.result, CandidateFailed):
+                    raise done.result
+                on_done(done.task.index, done.result)
+    finally:
+        pool.close()
 
 
 def make_executor(kind: str, evaluator: Optional[Evaluator] = None) -> Executor:

@@ -24,17 +24,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
 from facenas.config import Config
 from facenas.errors import ArchError, ConfigError, SearchAborted
 from facenas.search.evaluator import TRAINED_BELOW, Evaluator, Metrics, train_and_score
-from facenas.search.executor import CandidateFailed, Executor, InlineExecutor
+from facenas.search.executor import CandidateFailed, Executor, InlineExecutor, Pool, as_pool, train_all
 from facenas.space.arch import Arch
 from facenas.space.count import count_macs, count_params
 from facenas.space.sample import MAX_TRIES, SearchSpace, draw_choices, solve_width
@@ -169,19 +168,19 @@ def _load_previous(path: Path, settings: dict[str, Any]) -> Optional[dict[str, A
 
 
 def run_fidelity(evaluator: Evaluator, archs: Sequence[Arch], proxy_epochs: int, long_epochs: int, *, seed: int,
-                 path: str | Path, settings: Optional[dict[str, Any]] = None, executor: Optional[Executor] = None,
-                 on_run: Optional[RunCallback] = None, retry_failed: bool = False,
-                 max_consecutive_failures: int = 0) -> dict[str, Any]:
+                 path: str | Path, settings: Optional[dict[str, Any]] = None,
+                 executor: Optional[Union[Executor, Pool]] = None, on_run: Optional[RunCallback] = None,
+                 retry_failed: bool = False, max_consecutive_failures: int = 0) -> dict[str, Any]:
     """Train every architecture at both budgets (proxies first), writing each finished run to `path` at once.
 
     Runs already in `path` from a call with the same settings are not trained again; failed ones are, with
     `retry_failed`. A run that fails (NaN loss, an exception) is recorded with its error and left out of the
     correlations; `max_consecutive_failures` in a row (> 0) stop everything (`SearchAborted`: a broken setup, not
     bad architectures), as does a `FacenasError` other than a training error (missing data). `on_run(index,
-    budget, run)` follows every training.
+    budget, run)` follows every training. `executor` may be a pool (`run.workers` > 1, Ray): its slots train that
+    many runs at once, each written as it ends.
     """
     path = Path(path)
-    executor = executor or InlineExecutor()
     settings = json.loads(json.dumps({**(settings or {}), "seed": seed, "proxy_epochs": proxy_epochs,
                                       "long_epochs": long_epochs, "archs": [a.short() for a in archs]}))
     data = _load_previous(path, settings) or {
@@ -190,31 +189,34 @@ def run_fidelity(evaluator: Evaluator, archs: Sequence[Arch], proxy_epochs: int,
                    "seed": _seed(seed, i), "proxy": None, "long": None} for i, a in enumerate(archs)],
         "correlations": {}}
     path.parent.mkdir(parents=True, exist_ok=True)
+    todo = [(entry, budget, epochs) for budget, epochs in zip(BUDGETS, (proxy_epochs, long_epochs))
+            for entry in data["archs"]
+            if entry[budget] is None or (retry_failed and entry[budget]["status"] == "failed")]
     failures_in_a_row = 0
-    for budget, epochs in zip(BUDGETS, (proxy_epochs, long_epochs)):
-        for entry, arch in zip(data["archs"], archs):
-            if entry[budget] is not None and not (retry_failed and entry[budget]["status"] == "failed"):
-                continue
-            began = time.perf_counter()
-            try:
-                metrics = executor.run(evaluator, arch, epochs, seed=entry["seed"])
-            except CandidateFailed as failure:
-                run = {"epochs": epochs, "status": "failed", "score": None, "train_score": None, "measures": {},
-                       "wall_s": time.perf_counter() - began, "error": failure.error.splitlines()[0]}
-            else:
-                run = {"epochs": epochs, "status": "finished", "score": _num(metrics.score),
-                       "train_score": _num(metrics.best_train), "measures": measures_of(metrics),
-                       "wall_s": time.perf_counter() - began, "error": None}
-            entry[budget] = run
-            data["correlations"] = correlations(data["archs"])
-            write_json_atomically(path, data)
-            if on_run is not None:
-                on_run(entry["index"], budget, run)
-            failures_in_a_row = failures_in_a_row + 1 if run["error"] else 0
-            if max_consecutive_failures and failures_in_a_row >= max_consecutive_failures:
-                raise SearchAborted(f"{failures_in_a_row} trainings in a row failed (the last: {run['error']}); this "
-                                    "looks like a broken setup rather than bad architectures. Fix the cause, then "
-                                    "run the same command with --retry-failed")
+
+    def record(k: int, result: Union[Metrics, CandidateFailed]) -> None:
+        nonlocal failures_in_a_row
+        entry, budget, epochs = todo[k]
+        if isinstance(result, CandidateFailed):
+            run = {"epochs": epochs, "status": "failed", "score": None, "train_score": None, "measures": {},
+                   "wall_s": result.wall_s, "error": result.error.splitlines()[0]}
+        else:
+            run = {"epochs": epochs, "status": "finished", "score": _num(result.score),
+                   "train_score": _num(result.best_train), "measures": measures_of(result),
+                   "wall_s": result.wall_s, "error": None}
+        entry[budget] = run
+        data["correlations"] = correlations(data["archs"])
+        write_json_atomically(path, data)
+        if on_run is not None:
+            on_run(entry["index"], budget, run)
+        failures_in_a_row = failures_in_a_row + 1 if run["error"] else 0
+        if max_consecutive_failures and failures_in_a_row >= max_consecutive_failures:
+            raise SearchAborted(f"{failures_in_a_row} trainings in a row failed (the last: {run['error']}); this "
+                                "looks like a broken setup rather than bad architectures. Fix the cause, then "
+                                "run the same command with --retry-failed")
+
+    runs = [(archs[entry["index"]], epochs, entry["seed"]) for entry, _, epochs in todo]
+    train_all(as_pool(evaluator, executor or InlineExecutor()), runs, record, phase="fidelity")
     return data
 
 
@@ -279,16 +281,17 @@ def plot_fidelity(data: dict[str, Any], path: Path, title: str) -> None:
 
 def fidelity_from_config(config: Config, out: str | Path, *, archs: int, seed: int = 0,
                          proxy_epochs: Optional[int] = None, factor: int = 4, params: Optional[int] = None,
-                         long_epochs: Optional[int] = None, executor: Optional[Executor] = None,
+                         long_epochs: Optional[int] = None, executor: Optional[Union[Executor, Pool]] = None,
                          on_run: Optional[RunCallback] = None) -> tuple[dict[str, Any], Path, Path]:
     """The whole check for a search config: choose, train (resumably), correlate, plot; returns (data, json, png).
 
     The proxy budget defaults to the depth phase's first (`search.depth.start_epochs`); the long one is `factor`
-    times it, or `long_epochs` (e.g. the 20 epochs of the backbone comparison's budget); `run.retry_failed` and
-    `run.max_consecutive_failures` act as in a search.
+    times it, or `long_epochs` (e.g. the 20 epochs of the backbone comparison's budget); `run.retry_failed`,
+    `run.max_consecutive_failures` and `run.workers` / `run.executor` (several trainings at once, locally or on
+    Ray) act as in a search.
     """
     from facenas.search.evaluator import make_task
-    from facenas.search.executor import make_executor
+    from facenas.search.executor import make_pool
     from facenas.search.run import training_fingerprint
     from facenas.space.sample import space_from_config
 
@@ -303,11 +306,13 @@ def fidelity_from_config(config: Config, out: str | Path, *, archs: int, seed: i
     if long <= proxy:
         raise ConfigError(f"the long budget ({long} epochs) must exceed the proxy budget ({proxy})")
     folder = Path(out)
+    train = config.faces.train if config.task == "faces" else config.train
     # the space is pinned by the list of architectures in the settings
     settings = {"config": training_fingerprint(config), "params": params,
                 "factor": None if long_epochs else factor}
     data = run_fidelity(evaluator, chosen, proxy, long, seed=seed, path=folder / JSON_FILE,
-                        settings=settings, executor=executor or make_executor(config.run.executor, evaluator),
+                        settings=settings, executor=executor or make_pool(config.run, evaluator, train.threads,
+                                                                          train.device),
                         on_run=on_run, retry_failed=config.run.retry_failed,
                         max_consecutive_failures=config.run.max_consecutive_failures)
     png = folder / PLOT_FILE

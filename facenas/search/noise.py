@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from facenas.search.evaluator import Evaluator, Metrics
-from facenas.search.executor import Executor, InlineExecutor
+from facenas.search.executor import CandidateFailed, Executor, InlineExecutor, Pool, as_pool, train_all
 from facenas.space.arch import Arch
 
 
@@ -81,46 +81,34 @@ def _record(arch: Arch, seed: int, metrics: Metrics) -> RunRecord:
 
 def measure_noise(evaluator: Evaluator, archs: Sequence[Arch], seeds: Sequence[int],
                   epochs: Union[int, Callable[[Arch], int]], *,
-                  executor: Optional[Executor] = None,
+                  executor: Optional[Union[Executor, Pool]] = None,
                   on_run: Optional[Callable[[Arch, int, Metrics], None]] = None,
-                  done: Sequence[RunRecord] = (), on_record: Optional[Callable[[RunRecord], None]] = None,
-                  jobs: int = 1) -> NoiseReport:
+                  done: Sequence[RunRecord] = (), on_record: Optional[Callable[[RunRecord], None]] = None
+                  ) -> NoiseReport:
     """Train every architecture under every seed for `epochs` (or `epochs(arch)`: each its own budget, as the search
     gives deeper nets more) and summarise the scores' spreads.
 
     `done` holds records of an earlier, interrupted call: those trainings are not run again. `on_record` gets each
     new record as it finishes (the CLI writes it to disk at once, so a killed run loses one training at most).
-    With `jobs` > 1, that many trainings run at once (each in its own child process: give the evaluator its share of
-    the threads, `placed(threads=...)`); the report is the same in any order.
+    `executor` may be a pool (`run.workers` > 1, Ray): its slots train that many at once; the report is the same in
+    any order. A training that fails stops the measurement: a noise estimate with holes would be biased.
     """
-    from concurrent.futures import ThreadPoolExecutor
-    from threading import Lock
-
-    if executor is None:
-        from facenas.search.executor import SubprocessExecutor
-
-        executor = InlineExecutor() if jobs <= 1 else SubprocessExecutor()
     known = {(r["arch"], r["seed"]): r for r in done}
     todo = [(a, s) for a in archs for s in seeds if (a.short(), s) not in known]
-    lock = Lock()
+    budgets = [epochs(arch) if callable(epochs) else epochs for arch, _ in todo]
 
-    def train(task: tuple[Arch, int]) -> None:
-        arch, seed = task
-        budget = epochs(arch) if callable(epochs) else epochs
-        metrics = executor.run(evaluator, arch, budget, seed=seed)
-        with lock:
-            known[(arch.short(), seed)] = record = {**_record(arch, seed, metrics), "epochs": budget}
-            if on_record is not None:
-                on_record(record)
-            if on_run is not None:
-                on_run(arch, seed, metrics)
+    def finished(k: int, metrics: Union[Metrics, CandidateFailed]) -> None:
+        (arch, seed), budget = todo[k], budgets[k]
+        if isinstance(metrics, CandidateFailed):
+            raise metrics
+        known[(arch.short(), seed)] = record = {**_record(arch, seed, metrics), "epochs": budget}
+        if on_record is not None:
+            on_record(record)
+        if on_run is not None:
+            on_run(arch, seed, metrics)
 
-    if jobs <= 1:
-        for task in todo:
-            train(task)
-    else:
-        with ThreadPoolExecutor(jobs) as pool:
-            list(pool.map(train, todo))  # re-raises the first failure
+    runs_todo = [(arch, budget, seed) for (arch, seed), budget in zip(todo, budgets)]
+    train_all(as_pool(evaluator, executor or InlineExecutor()), runs_todo, finished, phase="noise")
     runs = [known[(a.short(), s)] for a in archs for s in seeds]
     names = list(dict.fromkeys(r["arch"] for r in runs))
     report = NoiseReport(spread({a: [r["score"] for r in runs if r["arch"] == a] for a in names}), runs=runs)

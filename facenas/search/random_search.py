@@ -46,12 +46,11 @@ import numpy as np
 from facenas.config import Config, SearchSpec, parse_config
 from facenas.errors import JournalError, SearchAborted
 from facenas.search.evaluator import Evaluator
-from facenas.search.executor import Executor, Pool, Task
+from facenas.search.executor import Executor, Pool, Task, as_pool
 from facenas.search.journal import CandidateRecord, SQLiteJournal
 from facenas.search.run import (
     JOURNAL_FILE,
     SearchEvents,
-    _as_pool,
     cancel,
     candidate_seed,
     check_failures,
@@ -313,7 +312,7 @@ def run_random_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, 
     resume continues from the path it holds (`max_consecutive_failures` as in `run_search`).
     """
     events = events or SearchEvents()
-    pool = _as_pool(evaluator, executor)
+    pool = as_pool(evaluator, executor)
     draws = Draws(spec, profile, seed)
     path = journal.completed()
     for r in path:

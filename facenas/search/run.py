@@ -24,7 +24,7 @@ from facenas import __version__
 from facenas.config import EXECUTION_KEYS, Config, SearchSpec, resolved_dict, to_yaml
 from facenas.errors import JournalError, SearchAborted
 from facenas.search.evaluator import EpochMetrics, Evaluator
-from facenas.search.executor import CandidateFailed, Completion, Executor, Pool, SerialPool, Task
+from facenas.search.executor import CandidateFailed, Completion, Executor, Pool, Task, as_pool
 from facenas.search.journal import CandidateRecord, SQLiteJournal
 from facenas.search.speculate import TaskKey, plan, task_key
 from facenas.search.strategy import Candidate, Done, HistoryMismatch, SearchResult, walk
@@ -69,10 +69,6 @@ def candidate_seed(run_seed: int, index: int) -> int:
     strategy (speculatively) exactly as it would be trained when the strategy reaches it.
     """
     return int(np.random.SeedSequence([run_seed, index]).generate_state(1)[0])
-
-
-def _as_pool(evaluator: Evaluator, executor: Union[Executor, Pool]) -> Pool:
-    return executor if hasattr(executor, "submit") else SerialPool(evaluator, executor)  # type: ignore[arg-type]
 
 
 # -- the steps both strategies' loops take (egnas here, random in random_search.py) -------------------------------
@@ -153,7 +149,7 @@ def run_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, journal
     only fill the journal with failures.
     """
     events = events or SearchEvents()
-    pool = _as_pool(evaluator, executor)
+    pool = as_pool(evaluator, executor)
     history = journal.history()
     known = {task_key(r.index, r.candidate): r for r in journal.off_path()}
     running: dict[TaskKey, Task] = {}

@@ -83,6 +83,43 @@ def test_a_killed_run_resumes_without_training_anything_twice(tmp_path):
         run_fidelity(third, ARCHS, 2, 6, seed=3, path=path)
 
 
+class Reversed:
+    """A two-slot pool whose runs end in the reverse order of their start, as parallel runs of unequal length do."""
+
+    slots = 2
+
+    def __init__(self, evaluator: Scripted) -> None:
+        self.evaluator, self.pending, self.started, self.closed = evaluator, [], [], False
+
+    def submit(self, task: Any) -> None:
+        assert len(self.pending) < self.slots
+        self.pending.append(task)
+        self.started.append(task.candidate.epochs)
+
+    def wait(self, on_epoch: Any) -> list[Any]:
+        from facenas.search.executor import Completion
+
+        done = [Completion(t, self.evaluator.evaluate(t.candidate.arch, t.candidate.epochs, seed=t.seed))
+                for t in reversed(self.pending)]
+        self.pending = []
+        return done
+
+    def cancel(self, task_id: int) -> None:
+        raise AssertionError("a fidelity check cancels nothing")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_pool_trains_several_runs_at_once_with_the_serial_result(tmp_path):
+    serial = run_fidelity(Scripted(lambda s: 100 - s), ARCHS, 2, 8, seed=4, path=tmp_path / "serial.json")
+    pool = Reversed(Scripted(lambda s: 100 - s))
+    parallel = run_fidelity(Scripted(lambda s: 0.0), ARCHS, 2, 8, seed=4, path=tmp_path / "pool.json",
+                            executor=pool)
+    assert parallel == serial and pool.closed
+    assert pool.started == [2] * 5 + [8] * 5  # the proxies first, two at a time
+
+
 def test_failed_runs_are_recorded_and_left_out(tmp_path):
     class Fails(Scripted):
         def evaluate(self, arch, epochs, *, seed, on_epoch=None):
@@ -170,8 +207,10 @@ def test_long_epochs_set_the_long_budget_and_the_rules_can_change_without_orphan
     args, _, data = _cli_fidelity(tmp_path, tiny_config_data, "--archs", "2", "--long-epochs", "3")
     assert [(e["proxy"]["epochs"], e["long"]["epochs"]) for e in data["archs"]] == [(1, 3)] * 2
     assert data["settings"]["long_epochs"] == 3 and data["settings"]["factor"] is None
-    # measuring the noise later changes the search's rules, not how a candidate trains: the run still resumes
-    again = CliRunner().invoke(app, args + ["--set", "search.noise.std=2.5"])
+    # measuring the noise later changes the search's rules, not how a candidate trains, and more workers change
+    # where it trains: the run still resumes
+    again = CliRunner().invoke(app, args + ["--set", "search.noise.std=2.5", "--workers", "2", "--set",
+                                            "run.executor=subprocess"])
     assert again.exit_code == 0 and "epochs)" not in again.output, again.output
     # a change to training does orphan it, with a message naming the setting
     other = CliRunner().invoke(app, args + ["--set", "train.lr=0.5"])

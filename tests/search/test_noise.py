@@ -84,7 +84,7 @@ def test_cli_noise_resumes_a_killed_measurement_and_runs_jobs_in_parallel(tmp_pa
     partial = json.loads((tmp_path / "n.json").read_text())
     assert len(partial["runs"]) == 2 and "score" not in partial
     monkeypatch.setattr(noise, "_record", real)
-    second = CliRunner().invoke(app, args + ["--jobs", "2"])
+    second = CliRunner().invoke(app, args + ["--jobs", "2", "--set", "run.executor=subprocess"])
     assert second.exit_code == 0, second.output
     assert "2 trainings already in" in second.output and second.output.count(" seed ") == 2
     data = json.loads((tmp_path / "n.json").read_text())
