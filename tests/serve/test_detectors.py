@@ -378,10 +378,14 @@ def test_bad_files_and_arguments(tmp_path: Path) -> None:
         bad.write_bytes(content)
         with pytest.raises(DetectorError, match=f"{bad}: not an ONNX model"):
             load_detector(str(bad))
-    with pytest.raises(DetectorError, match="expected auto, yunet, scrfd or haar"):
+    with pytest.raises(DetectorError, match="expected auto, yunet, scrfd, mtcnn or haar"):
         load_detector("haar", kind="retinaface")
     with pytest.raises(DetectorError, match="give 'haar' as the detector"):
         load_detector(str(missing), kind="haar")
+    with pytest.raises(DetectorError, match="give 'mtcnn' as the detector"):
+        load_detector(str(missing), kind="mtcnn")
+    with pytest.raises(DetectorError, match="'mtcnn' is built in; its kind cannot be 'yunet'"):
+        load_detector("mtcnn", kind="yunet")
     with pytest.raises(DetectorError, match="expected a number in"):
         load_detector("haar", score_threshold=0)
 
