@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -534,6 +535,8 @@ def serve(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with the settings below as keys"),
     host: Optional[str] = typer.Option(None, help="host: address to bind (default 127.0.0.1)"),
     port: Optional[int] = typer.Option(None, help="port (default 8000)"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="workers: processes serving the "
+                                          "port, sharing the gallery (default 1)"),
     db: Optional[Path] = typer.Option(None, help="db: SQLite gallery (default runs/serve/gallery.sqlite)"),
     threshold: Optional[float] = typer.Option(None, help="threshold: cosine, for verification and identification"),
     verify_threshold: Optional[float] = typer.Option(None, help="verify_threshold: cosine, for /v1/verify"),
@@ -563,7 +566,7 @@ def serve(
 
     if config is None and model is None:
         fail("give --model (a recognition ONNX file) or a config with serve.model")
-    flags = {"model": model, "host": host, "port": port, "db": db, "threshold": threshold,
+    flags = {"model": model, "host": host, "port": port, "workers": workers, "db": db, "threshold": threshold,
              "verify_threshold": verify_threshold, "identify_threshold": identify_threshold,
              "verify_far": verify_far, "identify_far": identify_far, "api_keys_file": api_keys_file,
              "allow_anonymous": allow_anonymous, "forwarded_allow_ips": forwarded_allow_ips, "metrics": metrics,
@@ -588,8 +591,17 @@ def serve(
         fail(str(exc))
     # proxy_headers off: the app applies forwarded headers itself, from settings.forwarded_allow_ips only (uvicorn's
     # default would trust 127.0.0.1 always, or whatever FORWARDED_ALLOW_IPS says)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False,
-                proxy_headers=False)
+    common = dict(host=settings.host, port=settings.port, log_level=log_level, access_log=False, proxy_headers=False)
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return
+    from facenas.serve.app import LOG_LEVEL_ENV, SETTINGS_ENV
+    from facenas.serve.workers import run_workers
+
+    os.environ[SETTINGS_ENV], os.environ[LOG_LEVEL_ENV] = settings.model_dump_json(), log_level
+    logging.getLogger("facenas.serve").info("serving on http://%s:%d with %d workers", settings.host, settings.port,
+                                            settings.workers)
+    run_workers(settings.workers, **common)
 
 
 @app.command()

@@ -82,12 +82,14 @@ def request_id(scope: Scope) -> str:
 
 
 class RequestContext:
-    """Per request: its id (context variable, `x-request-id` response header), the Prometheus counters and
+    """Per request: its id (context variable, `x-request-id` response header), the worker that answered
+    (`x-facenas-worker`, a random name per process: with `--workers N`, which of them), the Prometheus counters and
     latency by route template, and one access-log line. Plain ASGI: Starlette's BaseHTTPMiddleware would cost a
     task and a stream copy per request."""
 
-    def __init__(self, app: ASGIApp, metrics: _Metrics, label: Callable[[Scope], str]) -> None:
+    def __init__(self, app: ASGIApp, metrics: _Metrics, label: Callable[[Scope], str], worker: str) -> None:
         self.app, self.metrics, self.label = app, metrics, label
+        self.worker = worker.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -101,7 +103,8 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode()),
+                                      (b"x-facenas-worker", self.worker)]
             await send(message)
 
         try:
@@ -260,6 +263,23 @@ def _decision(decision: Decision, requested: Optional[float]) -> dict[str, Any]:
     return {"threshold": decision.threshold, "threshold_source": decision.source, "far": decision.far}
 
 
+SETTINGS_ENV = "FACENAS_SERVE_SETTINGS"  # the settings, as JSON, for the worker processes of `--workers N`
+LOG_LEVEL_ENV = "FACENAS_SERVE_LOG_LEVEL"
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process of `facenas serve --workers N` (uvicorn's factory): the settings that the
+    parent validated, passed as JSON in the environment, since uvicorn starts workers as fresh processes."""
+    import os
+
+    logging.basicConfig(level=getattr(logging, os.environ.get(LOG_LEVEL_ENV, "INFO").upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    data = os.environ.get(SETTINGS_ENV)
+    if data is None:
+        raise StartupError(f"{SETTINGS_ENV} is not set: worker processes are started by `facenas serve --workers N`")
+    return create_app(ServeSettings.model_validate_json(data))
+
+
 def create_app(settings: ServeSettings) -> FastAPI:
     state: dict[str, Any] = {}
     metrics = _Metrics()
@@ -294,7 +314,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
                   responses={400: {"model": S.ErrorBody}, 401: {"model": S.ErrorBody}, 403: {"model": S.ErrorBody},
                              413: {"model": S.ErrorBody}, 422: {"model": S.ErrorBody}, 429: {"model": S.ErrorBody}})
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
-    app.add_middleware(RequestContext, metrics=metrics, label=lambda scope: route_label(app, scope))
+    app.add_middleware(RequestContext, metrics=metrics, label=lambda scope: route_label(app, scope),
+                       worker=uuid.uuid4().hex[:8])
     if settings.forwarded_allow_ips:
         from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 

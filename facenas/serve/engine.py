@@ -113,7 +113,10 @@ class FaceEngine:
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        self.embedder = OnnxEmbedder(settings.model, options=session_options(settings.onnx_threads))
+        # several workers share the cores: each takes its part, unless onnx_threads says otherwise
+        threads = settings.onnx_threads or (max(1, (os.cpu_count() or 1) // settings.workers)
+                                            if settings.workers > 1 else 0)
+        self.embedder = OnnxEmbedder(settings.model, options=session_options(threads))
         if self.embedder.size != CROP or self.embedder.channels != 3:
             raise RuntimeError(f"{settings.model}: input {self.embedder.channels}x{self.embedder.size}x"
                                f"{self.embedder.size} does not follow the 3x112x112 contract")
@@ -124,12 +127,14 @@ class FaceEngine:
                                       settings.detector_score)
         if self.detector.kind == "haar":
             log.warning("detector: OpenCV's Haar cascade, the last resort (boxes without landmarks: photos are not "
-                        "aligned as the model was trained); give --detector with a YuNet or SCRFD model")
+                        "aligned as the model was trained); use --detector mtcnn (the default) or a YuNet or SCRFD "
+                        "model")
         self.embedding_size = int(self.embed_crops(np.zeros((1, CROP, CROP, 3), np.uint8)).shape[1])  # warm-up
         self.batcher = BatchingEmbedder(self.embed_crops, settings.batch_max_faces, settings.batch_wait_ms / 1000)
         # Decoding, detection and alignment of uploads, off the event loop: a plain executor, lighter per call than
         # the general thread pool (the work is C code that releases the GIL: PIL, OpenCV, the detector)
-        self.decoders = ThreadPoolExecutor(settings.decode_threads or min(8, (os.cpu_count() or 1) + 2),
+        cores = max(1, (os.cpu_count() or 1) // settings.workers)
+        self.decoders = ThreadPoolExecutor(settings.decode_threads or min(8, cores + 2),
                                            thread_name_prefix="facenas-decode")
 
     def close(self) -> None:

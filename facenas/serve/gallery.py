@@ -18,6 +18,15 @@ index lock and only publishes (buffer, codes, count) under it, and identificatio
 same lock (held for microseconds) and computes outside it: enrolments and identifications run side by side. The
 writer connection is used under the writers' lock only; every reading thread has its own connection, so it never
 sees another thread's uncommitted transaction.
+
+Several processes (`facenas serve --workers N`) share one gallery file. Every enrolment and deletion also appends
+a row to the `changes` table in its own transaction, and each process applies the rows it has not seen to its
+matrix, in order: before every identification and every size it reports, if SQLite's `PRAGMA data_version` (on a
+connection of its own, a read of a shared-memory counter) says another connection committed since; and inside
+each of its own write transactions (which hold SQLite's write lock, so nothing commits in between). An enrolment
+answered by one worker is therefore seen by the next identification on every worker: the bound is one
+identification, not a polling period. A killed worker loses nothing committed: its replacement builds its matrix
+from SQLite.
 """
 
 from __future__ import annotations
@@ -46,6 +55,13 @@ CREATE TABLE IF NOT EXISTS faces (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS faces_subject ON faces (subject_id);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('enrol', 'delete')),
+    subject_id TEXT NOT NULL,
+    first_face INTEGER,
+    last_face INTEGER
+);
 """
 
 
@@ -92,11 +108,16 @@ class Gallery:
         self._faiss_looked = False
         self._names: list[str] = []  # subject of each code; codes are never reused
         self._code_of: dict[str, int] = {}
+        self._seq = 0  # the last change applied to the matrix
+        self._watch = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._watch_lock = threading.Lock()
+        self._data_version = self._version()
         self._rebuild()
 
     def close(self) -> None:
         for connection in self._reader_connections:
             connection.close()
+        self._watch.close()
         self._db.close()
 
     def _reader(self) -> sqlite3.Connection:
@@ -119,13 +140,59 @@ class Gallery:
         return code
 
     def _rebuild(self) -> None:
-        """The matrix from SQLite (at start)."""
-        rows = self._db.execute("SELECT subject_id, embedding FROM faces ORDER BY id").fetchall()
+        """The matrix from SQLite (at start), and the last change it holds, read in one transaction."""
+        with self._db:
+            self._db.execute("BEGIN")
+            rows = self._db.execute("SELECT subject_id, embedding FROM faces ORDER BY id").fetchall()
+            self._seq = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
         buffer, codes = self._buffers(max(16, 2 * len(rows)))
         for i, (subject, blob) in enumerate(rows):
             buffer[i] = np.frombuffer(blob, np.float32)
             codes[i] = self._code(subject)
         self._publish(buffer, codes, len(rows))
+
+    # -- other processes' changes ---------------------------------------------------------------------------
+    def _version(self) -> int:
+        with self._watch_lock:
+            return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+
+    def sync(self) -> None:
+        """Apply what other processes committed since the last look. Nothing committed: one pragma. Only this
+        process's own commits (which it has applied): one more read, and still no wait for a writer of this process,
+        so identifications keep running beside enrolments. Changes of others: applied under the writers' lock."""
+        version = self._version()
+        if version == self._data_version:
+            return
+        with self._watch_lock:
+            newest = int(self._watch.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
+        if newest <= self._seq:  # everything committed up to `version` is applied
+            self._data_version = version
+            return
+        with self._lock:
+            self._data_version = version
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Apply the changes after the last applied one, in order (under the writers' lock)."""
+        for seq, kind, subject, first, last in self._db.execute(
+                "SELECT seq, kind, subject_id, first_face, last_face FROM changes WHERE seq > ? ORDER BY seq",
+                (self._seq,)).fetchall():
+            if kind == "delete":
+                self._remove(subject)
+            else:  # faces deleted since are gone from the table; their deletion follows in the changes
+                blobs = self._db.execute("SELECT embedding FROM faces WHERE subject_id = ? AND id BETWEEN ? AND ? "
+                                         "ORDER BY id", (subject, first, last)).fetchall()
+                if blobs:
+                    self._append(np.stack([np.frombuffer(b[0], np.float32) for b in blobs]), subject)
+            self._seq = seq
+
+    def _record(self, kind: str, subject: str, first: Optional[int] = None, last: Optional[int] = None) -> int:
+        """Log one change in the open write transaction, after applying the others' (none can commit meanwhile);
+        its number becomes the last applied once the transaction commits (a rolled-back number may be reused)."""
+        self._catch_up()
+        cur = self._db.execute("INSERT INTO changes (kind, subject_id, first_face, last_face) VALUES (?, ?, ?, ?)",
+                               (kind, subject, first, last))
+        return int(cur.lastrowid)
 
     def _buffers(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
         """Empty room for `rows` faces: their embeddings and their subjects' codes."""
@@ -179,6 +246,7 @@ class Gallery:
 
     @property
     def size(self) -> int:
+        self.sync()
         return self._count
 
     @property
@@ -220,6 +288,8 @@ class Gallery:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute("DELETE FROM faces WHERE subject_id = ?", (subject,))
                 self._db.execute("DELETE FROM subjects WHERE id = ?", (subject,))
+                seq = self._record("delete", subject)
+            self._seq = seq
             self._remove(subject)
 
     # -- faces --------------------------------------------------------------------------------------------------
@@ -227,8 +297,8 @@ class Gallery:
         """Add faces to a subject, all or none (one transaction)."""
         check_subject_id(subject)
         embeddings = np.asarray(embeddings, np.float32)
-        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
-            raise ServiceError(f"embeddings must be (n, {self.dim})")
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim or len(embeddings) == 0:
+            raise ServiceError(f"embeddings must be (n, {self.dim}) with n >= 1")
         with self._lock:
             self._require(subject)
             now = time.time()
@@ -239,12 +309,15 @@ class Gallery:
                     cur = self._db.execute("INSERT INTO faces (subject_id, model_id, embedding, created_at) "
                                            "VALUES (?, ?, ?, ?)", (subject, self.model_id, emb.tobytes(), now))
                     ids.append(int(cur.lastrowid))
+                seq = self._record("enrol", subject, ids[0], ids[-1])
+            self._seq = seq
             self._append(embeddings, subject)
         return ids
 
     def identify(self, query: np.ndarray, top_k: int) -> list[Match]:
         """Best similarity per subject, best subjects first."""
         query = np.ascontiguousarray(np.asarray(query, np.float32).reshape(-1))
+        self.sync()
         with self._index_lock:  # microseconds: never waits for an enrolment's SQLite transaction or copy
             buffer, codes, count, names = self._buffer, self._codes, self._count, self._names
         if count == 0:

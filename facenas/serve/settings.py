@@ -21,6 +21,9 @@ class ServeSettings(BaseModel):
     model: str = Field(..., description="recognition ONNX file (insightface's contract)")
     host: str = Field("127.0.0.1", description="address to bind")
     port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="worker processes on the one port (uvicorn's workers): each "
+                         "loads the model and follows the shared gallery's changes; a worker that dies is restarted. "
+                         "Rate limits and /metrics are per worker")
     db: str = Field("runs/serve/gallery.sqlite", description="SQLite gallery of subjects and their faces (its folder "
                                                            "is created at start)")
     threshold: Optional[float] = Field(None, ge=-1, le=1, description="cosine threshold of both verification and "
@@ -59,7 +62,8 @@ class ServeSettings(BaseModel):
     batch_max_faces: int = Field(32, ge=1, le=1024, description="most faces in one model call (dynamic batching of "
                                                                 "concurrent requests)")
     batch_wait_ms: float = Field(2.0, ge=0, le=100, description="longest wait for more faces while a batch is short")
-    onnx_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: one per core)")
+    onnx_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: one per core, shared out "
+                                                  "among the workers)")
     decode_threads: int = Field(0, ge=0, le=64, description="threads decoding and aligning uploads (0: cores + 2, "
                                                             "at most 8)")
     faiss_min_faces: Optional[int] = Field(None, ge=1, description="rank the gallery with faiss (if installed) from "

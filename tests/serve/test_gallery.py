@@ -205,3 +205,53 @@ def test_a_growing_buffer_is_copied_outside_the_index_lock(tmp_path, monkeypatch
     g.enrol("a", _unit_rows(1, seed=5))
     monkeypatch.undo()
     assert held_during_copy and not any(held_during_copy) and g.size == 17
+
+
+# -- several processes on one gallery (facenas serve --workers N) ------------------------------------------------
+
+def test_two_workers_galleries_follow_each_others_enrolments_and_deletions(tmp_path):
+    """Two Gallery objects on one file stand for two worker processes (each has its own connections and matrix):
+    what one commits, the other's next identification sees, with no reload of the whole gallery."""
+    rng = np.random.default_rng(3)
+    a, b = Gallery(tmp_path / "g.sqlite", "model-a", 8), Gallery(tmp_path / "g.sqlite", "model-a", 8)
+    alice, bob = unit(rng, 3), unit(rng, 2)
+    a.create_subject("alice")
+    a.enrol("alice", alice)
+    assert b.identify(alice[2], 1)[0].subject == "alice" and b.size == 3  # enrolled on a, seen by b
+    b.create_subject("bob")
+    b.enrol("bob", bob)
+    a.enrol("alice", alice[:1])  # a applies b's enrolment inside its own transaction, then its own
+    assert [m.subject for m in a.identify(bob[0], 2)] == ["bob", "alice"] and a.size == b.size == 6
+    assert np.array_equal(np.sort(a.matrix, 0), np.sort(b.matrix, 0))
+    a.delete_subject("bob")
+    assert [m.subject for m in b.identify(bob[0], 5)] == ["alice"] and b.size == 4
+    rebuilt = Gallery(tmp_path / "g.sqlite", "model-a", 8)  # a restarted worker: from SQLite
+    assert np.array_equal(np.sort(rebuilt.matrix, 0), np.sort(a.matrix, 0))
+    b.enrol("alice", alice[1:2])
+    assert rebuilt.size == a.size == 5
+    for g in (a, b, rebuilt):
+        g.close()
+
+
+def test_a_rolled_back_enrolment_is_no_change_for_anyone(tmp_path, monkeypatch):
+    """A transaction that fails leaves neither a face nor a change behind, in either process's matrix."""
+    rng = np.random.default_rng(4)
+    a, b = Gallery(tmp_path / "g.sqlite", "model-a", 8), Gallery(tmp_path / "g.sqlite", "model-a", 8)
+    a.create_subject("alice")
+    faces = unit(rng, 2)
+    monkeypatch.setattr(a, "_append", lambda *args: (_ for _ in ()).throw(AssertionError("not after a rollback")))
+    real_record = a._record
+
+    def fails_after_logging(*args, **kwargs):
+        real_record(*args, **kwargs)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(a, "_record", fails_after_logging)
+    with pytest.raises(sqlite3.OperationalError):
+        a.enrol("alice", faces)
+    monkeypatch.undo()
+    assert a.size == b.size == 0
+    b.enrol("alice", faces)  # takes the change number the failed one had used
+    assert a.identify(faces[0], 1)[0].subject == "alice" and a.size == 2
+    a.close()
+    b.close()
