@@ -89,9 +89,11 @@ class Face:
     box: Optional[list[int]]  # x, y, width, height in the uploaded image
     aligned: str  # "crop", "landmarks", "detected-landmarks" or "detected-box"
     detector: Optional[str] = None  # which found it: "mtcnn", "yunet", "scrfd" or "haar"
+    landmarks: Optional[np.ndarray] = None  # (5, 2) the crop was aligned on, in the uploaded image's pixels
 
     def describe(self) -> dict[str, Any]:
-        return {"box": self.box, "aligned": self.aligned, "detector": self.detector,
+        points = None if self.landmarks is None else np.round(self.landmarks, 1).tolist()
+        return {"box": self.box, "aligned": self.aligned, "detector": self.detector, "landmarks": points,
                 "note": HAAR_NOTE if self.detector == "haar" else None}
 
 
@@ -144,13 +146,14 @@ class FaceEngine:
     def face(self, rgb: np.ndarray, landmarks: Optional[np.ndarray]) -> Face:
         h, w = rgb.shape[:2]
         if landmarks is not None:
-            return Face(norm_crop(rgb, landmarks, CROP), None, "landmarks")
+            return Face(norm_crop(rgb, landmarks, CROP), None, "landmarks", landmarks=landmarks)
         if (h, w) == (CROP, CROP):
             return Face(rgb, [0, 0, w, h], "crop")
         found = self.detector.largest(rgb)
         kind = self.detector.kind
         if found.landmarks is not None:
-            return Face(norm_crop(rgb, found.landmarks, CROP), found.box, "detected-landmarks", kind)
+            return Face(norm_crop(rgb, found.landmarks, CROP), found.box, "detected-landmarks", kind,
+                        found.landmarks)
         x, y, bw, bh = found.box
         side = int(max(bw, bh) * 1.1)
         cx, cy = x + bw / 2, y + bh / 2 + 0.05 * bh

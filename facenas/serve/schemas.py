@@ -25,6 +25,8 @@ class FaceInfo(BaseModel):
     aligned: str = Field(..., description="crop, landmarks, detected-landmarks or detected-box")
     detector: Optional[str] = Field(None, description="the detector that found the face (mtcnn, yunet, scrfd or haar); "
                                                       "null when the upload was a crop or came with landmarks")
+    landmarks: Optional[list[list[float]]] = Field(None, description="the five points (x, y) the face was aligned "
+                                                   "on, in the upload's pixels: the client's or the detector's")
     note: Optional[str] = Field(None, description="a caveat about this face, such as a Haar detection (unaligned)")
 
 

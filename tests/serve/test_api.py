@@ -39,8 +39,9 @@ def test_landmarks_align_a_photo(client, crops, photo):
     data, lmk = photo
     r = client.post("/v1/verify", files={"image1": ("p.png", data), "image2": ("b.png", crops[0])},
                     data={"landmarks1": json.dumps(lmk)})
-    assert r.status_code == 200 and r.json()["faces"][0] == {"box": None, "aligned": "landmarks", "detector": None,
-                                                         "note": None}
+    assert r.status_code == 200 and r.json()["faces"][0] == {
+        "box": None, "aligned": "landmarks", "detector": None, "note": None,
+        "landmarks": np.round(np.asarray(lmk, float), 1).tolist()}  # the client's points, given back
     r = client.post("/v1/verify", files={"image1": ("p.png", data), "image2": ("b.png", crops[0])},
                     data={"landmarks1": "[[1, 2]]"})
     assert r.status_code == 422 and "five [x, y] pairs" in r.json()["error"]["message"]
@@ -94,7 +95,10 @@ def test_a_real_face_in_a_photo_is_found_and_aligned(exported, tmp_path, crops, 
     face = r.json()["faces"][0]
     x, y, w, h = face["box"]
     assert (face["aligned"], face["detector"]) == (aligned, detector)
-    assert (face["note"] is None) == (detector == "mtcnn")
+    assert (face["note"] is None) == (detector == "mtcnn") == (face["landmarks"] is not None)
+    if face["landmarks"]:  # the detector's points, inside its box
+        points = np.array(face["landmarks"])
+        assert ((points >= [x, y]) & (points <= [x + w, y + h])).all()
     assert 60 <= x + w / 2 <= 280 and 60 <= y + h / 2 <= 290  # inside the pasted face
 
 
