@@ -8,10 +8,11 @@
 3. In this process, a plain loop decodes the same PNG pairs and computes their embeddings with onnxruntime (one
    batch of two per pair): the most a single process could do without HTTP, multipart parsing, checks and JSON.
 
-Service and ceiling alternate `--repeats` times; prints each pair and the mean ratio with its standard error, and
-saves JSON to bench/results/serve_load.json.
+Service and ceiling alternate `--repeats` times, the service once per worker count (`--workers 1,2`: one server
+each, all started first); prints each pair and the mean ratio per worker count with its standard error, and saves
+JSON to bench/results/serve_load.json.
 
-    python bench/serve_load.py [--seconds 20] [--clients 4] [--repeats 3]
+    python bench/serve_load.py [--seconds 20] [--clients 4] [--repeats 3] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -127,12 +128,15 @@ def load(url: str, pairs: list[tuple[bytes, bytes]], seconds: float, clients: in
 
 
 def process_cpu_seconds(pid: int) -> Optional[float]:
-    """User + system CPU seconds of a process (Linux /proc), or None elsewhere."""
+    """User + system CPU seconds of a process and its children alive now (the workers of `--workers N`; Linux
+    /proc), or None elsewhere."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except (OSError, ValueError, IndexError):
         return None
+    return total + sum(process_cpu_seconds(int(child)) or 0.0 for child in children)
 
 
 def ceiling(model: Path, pairs: list[tuple[bytes, bytes]], seconds: float) -> dict:
@@ -159,37 +163,48 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="alternating service and ceiling runs")
+    parser.add_argument("--workers", default="1", help="comma-separated worker counts of the service, e.g. 1,2")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
     args = parser.parse_args()
+    from contextlib import ExitStack
+
     from tests.serve.conftest import Server  # the same helper the end-to-end tests use
 
-    with tempfile.TemporaryDirectory() as tmp:
+    counts = [int(w) for w in args.workers.split(",")]
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         model = make_model(Path(tmp))
         pairs = encoded_pairs()
-        runs = []
-        with Server("--model", str(model), "--db", str(Path(tmp) / "g.sqlite"), "--threshold", "0.5",
-                    "--rate-limit", "0", "--log-level", "warning") as server:
+        runs: dict[int, list[dict]] = {w: [] for w in counts}
+        servers = {w: stack.enter_context(Server("--model", str(model), "--db", str(Path(tmp) / f"g{w}.sqlite"),
+                                                 "--threshold", "0.5", "--rate-limit", "0", "--log-level", "warning",
+                                                 "--workers", str(w))) for w in counts}
+        for server in servers.values():
             load(server.url, pairs, 2.0, args.clients)  # warm-up
-            for _ in range(args.repeats):  # side by side, alternating: the machine's drift hits both
+        for _ in range(args.repeats):  # side by side, alternating: the machine's drift hits every configuration
+            for w, server in servers.items():
                 cpu = process_cpu_seconds(server.proc.pid)
                 service = load(server.url, pairs, args.seconds, args.clients)
                 if cpu is not None:
                     service["server_cpu_ms_per_request"] = (1000 * (process_cpu_seconds(server.proc.pid) - cpu)
                                                             / max(service["requests"], 1))
                 plain = ceiling(model, pairs, args.seconds)
-                runs.append({"service": service, "ceiling": plain,
-                             "ratio": service["requests_per_second"] / plain["pairs_per_second"]})
-                print(f"service /v1/verify : {service['requests_per_second']:7.1f} req/s  p50 "
+                runs[w].append({"service": service, "ceiling": plain,
+                                "ratio": service["requests_per_second"] / plain["pairs_per_second"]})
+                print(f"service /v1/verify, {w} worker(s): {service['requests_per_second']:7.1f} req/s  p50 "
                       f"{service['p50_ms']:.1f} ms  p99 {service['p99_ms']:.1f} ms  errors "
                       f"{sum(service['errors'].values())}  ({args.clients} clients)   plain onnxruntime: "
-                      f"{plain['pairs_per_second']:7.1f} pairs/s   ratio {runs[-1]['ratio']:.2f}", flush=True)
-    ratios = [r["ratio"] for r in runs]
-    ratio = statistics.mean(ratios)
-    sem = statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else 0.0
-    print(f"service / ceiling  : {ratio:.2f} +- {sem:.2f} (s.e. over {len(ratios)} alternating runs; the load "
-          f"generator shares the {os.cpu_count()} cores)")
+                      f"{plain['pairs_per_second']:7.1f} pairs/s   ratio {runs[w][-1]['ratio']:.2f}", flush=True)
+    summary = {}
+    for w in counts:
+        ratios = [r["ratio"] for r in runs[w]]
+        sem = statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else 0.0
+        summary[str(w)] = {"ratio": statistics.mean(ratios), "ratio_sem": sem, "ratios": ratios, "runs": runs[w]}
+        print(f"service / ceiling, {w} worker(s): {statistics.mean(ratios):.2f} +- {sem:.2f} (s.e. over "
+              f"{len(ratios)} alternating runs; the load generator shares the {os.cpu_count()} cores)")
+    first = summary[str(counts[0])]
     result = {"benchmark": "serve_load", "clients": args.clients, "seconds": args.seconds, "repeats": args.repeats,
-              "ratio": ratio, "ratio_sem": sem, "ratios": ratios, "runs": runs,
+              "ratio": first["ratio"], "ratio_sem": first["ratio_sem"], "ratios": first["ratios"],
+              "runs": first["runs"], "workers": summary,
               "machine": {"python": platform.python_version(), "platform": platform.platform(),
                           "cpus": os.cpu_count()},
               "facenas_version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
