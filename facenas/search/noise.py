@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from facenas.errors import SearchAborted
 from facenas.search.evaluator import Evaluator, Metrics
 from facenas.search.executor import CandidateFailed, Executor, InlineExecutor, Pool, as_pool, train_all
 from facenas.space.arch import Arch
@@ -100,7 +101,9 @@ def measure_noise(evaluator: Evaluator, archs: Sequence[Arch], seeds: Sequence[i
     def finished(k: int, metrics: Union[Metrics, CandidateFailed]) -> None:
         (arch, seed), budget = todo[k], budgets[k]
         if isinstance(metrics, CandidateFailed):
-            raise metrics
+            raise SearchAborted(f"{arch.short()} seed {seed} failed to train ({metrics.error.splitlines()[0]}); a "
+                                "noise estimate needs every run: fix the cause and run the same command again (the "
+                                "finished runs are kept with --json)")
         known[(arch.short(), seed)] = record = {**_record(arch, seed, metrics), "epochs": budget}
         if on_record is not None:
             on_record(record)

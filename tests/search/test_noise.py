@@ -29,6 +29,21 @@ class NoisyTable:
                              for e, v in enumerate(values)), reduce="last")
 
 
+def test_a_run_that_fails_stops_the_measurement_keeping_the_finished_ones():
+    from facenas.errors import NonFiniteLossError, SearchAborted
+
+    class FailsOnSeed2(NoisyTable):
+        def evaluate(self, arch, epochs, *, seed, on_epoch=None):
+            if seed == 2:
+                raise NonFiniteLossError("training loss became nan")
+            return super().evaluate(arch, epochs, seed=seed, on_epoch=on_epoch)
+
+    kept = []
+    with pytest.raises(SearchAborted, match="D3 C8 ops 000 k 333 seed 2 failed to train .*nan.*every run"):
+        measure_noise(FailsOnSeed2(), [Arch.uniform(8, 3, Profile.paper(1, 10))], range(4), 2, on_record=kept.append)
+    assert [r["seed"] for r in kept] == [0, 1]
+
+
 def test_spread_separates_the_noise_from_the_signal():
     archs = [Arch.uniform(8, d, Profile.paper(1, 10)) for d in (3, 5, 7)]
     report = measure_noise(NoisyTable(), archs, range(40), 2)
