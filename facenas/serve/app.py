@@ -19,6 +19,7 @@ import asyncio
 import errno
 import json
 import logging
+import os
 import re
 import socket
 import time
@@ -56,19 +57,38 @@ _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 
 
 class _Metrics:
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    """The Prometheus metrics. With `--workers N` (PROMETHEUS_MULTIPROC_DIR set by `facenas serve`), the counters
+    and histograms live in prometheus_client's per-process files and /metrics sums every worker's, dead ones
+    included; the gauges are read when scraped (`gauges`): the gallery's size is the same on every worker (shared),
+    the batching figure is the answering worker's."""
 
-        self.registry = CollectorRegistry()
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()  # what /metrics exposes
+        counted: Optional[CollectorRegistry] = self.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            multiprocess.MultiProcessCollector(self.registry)
+            counted = None  # their values reach /metrics through the collector of the workers' files
         self.requests = Counter("facenas_requests_total", "HTTP requests", ["route", "method", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("facenas_request_seconds", "request latency", ["route"], registry=self.registry,
+                                registry=counted)
+        self.latency = Histogram("facenas_request_seconds", "request latency", ["route"], registry=counted,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.errors = Counter("facenas_errors_total", "error responses", ["code"], registry=self.registry)
-        self.faces = Gauge("facenas_gallery_faces", "faces in the gallery", registry=self.registry)
-        self.subjects = Gauge("facenas_gallery_subjects", "subjects in the gallery", registry=self.registry)
-        self.batch = Gauge("facenas_batch_mean_faces", "mean faces per model call (dynamic batching)",
-                           registry=self.registry)
+        self.errors = Counter("facenas_errors_total", "error responses", ["code"], registry=counted)
+        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.registry.register(self)
+
+    def describe(self) -> list[Any]:
+        return []  # the gauges are known once the app starts: nothing to check against at registration
+
+    def collect(self) -> Any:
+        """The gauges, read now (a prometheus_client custom collector)."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        for name, (text, read) in self.gauges.items():
+            yield GaugeMetricFamily(name, text, value=float(read()))
 
 
 def request_id(scope: Scope) -> str:
@@ -270,8 +290,6 @@ LOG_LEVEL_ENV = "FACENAS_SERVE_LOG_LEVEL"
 def app_from_environment() -> FastAPI:
     """The app of one worker process of `facenas serve --workers N` (uvicorn's factory): the settings that the
     parent validated, passed as JSON in the environment, since uvicorn starts workers as fresh processes."""
-    import os
-
     logging.basicConfig(level=getattr(logging, os.environ.get(LOG_LEVEL_ENV, "INFO").upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     data = os.environ.get(SETTINGS_ENV)
@@ -294,15 +312,18 @@ def create_app(settings: ServeSettings) -> FastAPI:
             engine.close()
             raise
         state.update(engine=engine, gallery=gallery, guard=guard)
-        metrics.faces.set_function(lambda: gallery.size)
-        metrics.subjects.set_function(gallery.subject_count)
-        metrics.batch.set_function(lambda: engine.batcher.faces / max(engine.batcher.calls, 1))
+        metrics.gauges.update({
+            "facenas_gallery_faces": ("faces in the gallery", lambda: gallery.size),
+            "facenas_gallery_subjects": ("subjects in the gallery", gallery.subject_count),
+            "facenas_batch_mean_faces": ("mean faces per model call (dynamic batching), of the answering worker",
+                                         lambda: engine.batcher.faces / max(engine.batcher.calls, 1))})
         v, i = engine.verify_decision, engine.identify_decision
         log.info("serving %s: verify at %.3f (%s), identify at %.3f (%s); gallery %s with %d faces", settings.model,
                  v.threshold, v.source, i.threshold, i.source, settings.db, gallery.size)
         try:
             yield
         finally:
+            metrics.gauges.clear()
             engine.close()
             gallery.close()
             state.clear()

@@ -23,7 +23,7 @@ class ServeSettings(BaseModel):
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64, description="worker processes on the one port (uvicorn's workers): each "
                          "loads the model and follows the shared gallery's changes; a worker that dies is restarted. "
-                         "Rate limits and /metrics are per worker")
+                         "/metrics counts every worker's requests; rate limits are per worker")
     db: str = Field("runs/serve/gallery.sqlite", description="SQLite gallery of subjects and their faces (its folder "
                                                            "is created at start)")
     threshold: Optional[float] = Field(None, ge=-1, le=1, description="cosine threshold of both verification and "

@@ -9,11 +9,14 @@ socket of its own on the same port, and the kernel spreads new connections over 
 Everything else is uvicorn's `Multiprocess`: it starts the workers as fresh processes, pings them, restarts one that
 dies or hangs, and stops them all on SIGINT / SIGTERM. The only change is the server class its workers run, which
 binds that socket (uvicorn has no option for it); a worker's app comes from `facenas.serve.app.app_from_environment`.
+/metrics sums the workers' counters through prometheus_client's multiprocess mode (a temporary folder per run).
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
 from typing import Any, Optional
 
 import uvicorn
@@ -49,9 +52,15 @@ class ReusePortProcess(multiprocess.Process):
 
 
 def run_workers(workers: int, **config: Any) -> None:
-    """Serve `facenas.serve.app:app_from_environment` on `workers` processes until SIGINT / SIGTERM."""
+    """Serve `facenas.serve.app:app_from_environment` on `workers` processes until SIGINT / SIGTERM, with
+    prometheus_client's multiprocess mode in a folder of this run's (so /metrics counts every worker's requests)."""
     if not hasattr(socket, "SO_REUSEPORT"):
         raise OSError("--workers needs SO_REUSEPORT (Linux, macOS, the BSDs); run one worker on this system")
     settings = uvicorn.Config("facenas.serve.app:app_from_environment", factory=True, workers=workers, **config)
     multiprocess.Process = ReusePortProcess  # type: ignore[misc]  # the class uvicorn's supervisor starts
-    multiprocess.Multiprocess(settings, sockets=[]).run()
+    with tempfile.TemporaryDirectory(prefix="facenas-metrics-") as folder:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder  # read by the workers' prometheus_client at import
+        try:
+            multiprocess.Multiprocess(settings, sockets=[]).run()
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]

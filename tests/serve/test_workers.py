@@ -82,17 +82,29 @@ def test_an_enrolment_on_one_worker_is_identified_on_the_other(exported, tmp_pat
             r = client.post(server.url + "/v1/subjects/alice/faces", files=[("files", ("a.png", crops[0]))])
             assert r.status_code == 201, r.text
         enrolled_on = r.headers["x-facenas-worker"]
-        seen = other_worker(enrolled_on, lambda c: c.post(server.url + "/v1/identify",
-                                                                   files={"image": ("q.png", crops[0])}))
+        identified: list[str] = []
+
+        def identify(c: httpx.Client) -> httpx.Response:
+            answer = c.post(server.url + "/v1/identify", files={"image": ("q.png", crops[0])})
+            identified.append(answer.headers["x-facenas-worker"])
+            return answer
+
+        seen = other_worker(enrolled_on, identify)
         assert seen.status_code == 200 and seen.json()["subject"] == "alice", seen.text
         # a deletion answered by one worker: the other's next identification no longer finds the subject
         with httpx.Client(timeout=10) as client:
             r = client.delete(server.url + "/v1/subjects/alice")
             assert r.status_code == 204
         deleted_on = r.headers["x-facenas-worker"]
-        gone = other_worker(deleted_on, lambda c: c.post(server.url + "/v1/identify",
-                                                                  files={"image": ("q.png", crops[0])}))
+        gone = other_worker(deleted_on, identify)
         assert gone.json()["subject"] is None and gone.json()["candidates"] == [], gone.text
+        # /metrics, from whichever worker answers, counts the requests of both (prometheus_client multiprocess)
+        assert len(set(identified)) == 2
+        metrics = httpx.get(server.url + "/metrics").text
+        counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                      if line.startswith("facenas_requests_total{") and 'route="/v1/identify"' in line)
+        assert counted == len(identified), metrics
+        assert "facenas_gallery_faces 0.0" in metrics and "facenas_gallery_subjects 0.0" in metrics
 
 
 def test_a_killed_worker_is_restarted_and_no_acknowledged_enrolment_is_lost(exported, tmp_path, crops):
