@@ -284,7 +284,8 @@ def arch_random(
         out.print(str(path), markup=False, highlight=False)
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Face datasets: inspect, build RecordIO and .bin files.")
+data_app = typer.Typer(no_args_is_help=True, help="Face datasets: inspect, find landmarks, build RecordIO and "
+                                                  ".bin files.")
 app.add_typer(data_app, name="data")
 
 
@@ -311,6 +312,43 @@ def data_inspect(
         out.print(f"  - {line}", highlight=False)
     if len(problems) > 20:
         out.print(f"  ... and {len(problems) - 20} more (use --json for all)")
+
+
+@data_app.command("landmarks")
+def data_landmarks(
+    folder: Path = typer.Argument(..., help="image folder, one sub-folder per identity"),
+    out_file: Path = typer.Option(..., "--out", help="the landmarks file to write (appended to: a second call "
+                                  "continues)"),
+    detector: str = typer.Option("mtcnn", help="'mtcnn' or a YuNet / SCRFD ONNX file, as `facenas serve` takes"),
+    max_side: int = typer.Option(640, help="photos are downscaled to this side for detection"),
+    score: float = typer.Option(0.5, help="smallest detection score taken as a face"),
+) -> None:
+    """Find the five landmarks of every photo (its largest face) for ArcFace alignment: a file for
+    faces.data.landmarks, build-rec --landmarks and build-bin --landmarks."""
+    from facenas.data.faces.detect import write_landmarks
+    from facenas.serve.detectors import load_detector
+    from facenas.serve.errors import NoFaceFound
+
+    found = run_guarded(load_detector, detector, max_side, "auto", score)
+    if not found.gives_landmarks:
+        fail(f"detector {detector!r} gives boxes without landmarks; use mtcnn or a YuNet / SCRFD model")
+
+    def find(rgb: Any) -> Any:
+        try:
+            return found.largest(rgb).landmarks
+        except NoFaceFound:
+            return None
+
+    def progress(done: int, total: int) -> None:
+        if done % 500 == 0 or done == total:
+            console.print(f"{done} / {total} photos", highlight=False)
+
+    report = run_guarded(write_landmarks, folder, out_file, find, progress).to_dict()
+    out.print(f"{report['found']} photos newly aligned ({report['already_in_file']} already in {out_file}); "
+              f"faces found in {100 * report['found_rate']:.2f} % of the readable photos; no face in "
+              f"{len(report['no_face'])}, unreadable {len(report['unreadable'])}", highlight=False)
+    for rel in (report["no_face"] + report["unreadable"])[:20]:
+        out.print(f"  - {rel}", markup=False, highlight=False)
 
 
 @data_app.command("build-rec")

