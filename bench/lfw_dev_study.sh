@@ -25,6 +25,10 @@ ONE_THREAD=(--set faces.train.threads=1)  # each worker on its own core: WORKERS
 # 2. the score's noise at the budgets the search compares architectures at
 "${FACENAS[@]}" noise -c $CONFIG --face-source "$SOURCE" --seeds 5 --search-budget --workers "$WORKERS" \
   "${ONE_THREAD[@]}" --json $OUT/noise-faces-lfw-dev-search-budget.json
+# ... and at the compare budget: are the 20-epoch differences between architectures (std 0.46 over the space, 0.14
+#     at equal size, step 1) larger than a seed's?
+"${FACENAS[@]}" noise -c $CONFIG --face-source "$SOURCE" --seeds 5 --epochs 20 --workers "$WORKERS" \
+  "${ONE_THREAD[@]}" --json $OUT/noise-faces-lfw-dev-20epochs.json
 # 3. the search, then random search at the compute it spent
 "${FACENAS[@]}" search -c $CONFIG --face-source "$SOURCE" --out $OUT/search-faces-lfw-dev-recipe2 --resume \
   --workers "$WORKERS" "${ONE_THREAD[@]}"
