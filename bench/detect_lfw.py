@@ -11,9 +11,7 @@ the nose above the mouth), and how long detection takes. Prints the rates and sa
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -25,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from facenas import __version__  # noqa: E402
+from bench._results import save_results  # noqa: E402
 from facenas.serve.detectors import load_detector  # noqa: E402
 from facenas.serve.errors import NoFaceFound  # noqa: E402
 
@@ -93,12 +91,7 @@ def main() -> None:
               f"{100 * r['with_landmarks_rate']:.2f} % (upright {100 * r['upright_landmarks_rate']:.2f} %), centred "
               f"on the subject {100 * r['centred_rate']:.2f} %; {r['ms_per_photo_median']:.1f} ms per photo "
               f"(median, {os.environ.get('OMP_NUM_THREADS', 'all')} threads)", flush=True)
-    out = {"benchmark": "detect_lfw", "images": str(args.images), "results": results,
-           "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
-           "facenas_version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save_results(args.out, {"benchmark": "detect_lfw", "images": str(args.images), "results": results})
 
 
 if __name__ == "__main__":

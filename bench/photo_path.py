@@ -21,9 +21,6 @@ threshold: a service answers 422 there), and saves JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from facenas import __version__  # noqa: E402
+from bench._results import save_results  # noqa: E402
 
 
 def report(emb: np.ndarray, pairs, missing: np.ndarray) -> dict:
@@ -105,13 +102,9 @@ def main() -> None:
         r = results[f"photo path, {detector}"]
         print(f"photo path, {detector:5s}: accuracy {100 * r['accuracy']:.2f} %, AUC {r['auc']:.4f} ({r['pairs_lost']} "
               f"pairs with a photo without a face; {how})", flush=True)
-    out = {"benchmark": "photo_path", "model": str(args.model), "config": args.config, "pairs": len(pairs.issame),
-           "photos": len(set(pairs.sources)), "results": results, "seconds": time.perf_counter() - began,
-           "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
-           "facenas_version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save_results(args.out, {"benchmark": "photo_path", "model": str(args.model), "config": args.config,
+                            "pairs": len(pairs.issame), "photos": len(set(pairs.sources)), "results": results,
+                            "seconds": time.perf_counter() - began})
 
 
 if __name__ == "__main__":
