@@ -116,8 +116,8 @@ class FaceEngine:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         # several workers share the cores: each takes its part, unless onnx_threads says otherwise
-        threads = settings.onnx_threads or (max(1, (os.cpu_count() or 1) // settings.workers)
-                                            if settings.workers > 1 else 0)
+        cores = max(1, (os.cpu_count() or 1) // settings.workers)  # this worker's share of the machine
+        threads = settings.onnx_threads or (cores if settings.workers > 1 else 0)
         self.embedder = OnnxEmbedder(settings.model, options=session_options(threads))
         if self.embedder.size != CROP or self.embedder.channels != 3:
             raise RuntimeError(f"{settings.model}: input {self.embedder.channels}x{self.embedder.size}x"
@@ -135,7 +135,6 @@ class FaceEngine:
         self.batcher = BatchingEmbedder(self.embed_crops, settings.batch_max_faces, settings.batch_wait_ms / 1000)
         # Decoding, detection and alignment of uploads, off the event loop: a plain executor, lighter per call than
         # the general thread pool (the work is C code that releases the GIL: PIL, OpenCV, the detector)
-        cores = max(1, (os.cpu_count() or 1) // settings.workers)
         self.decoders = ThreadPoolExecutor(settings.decode_threads or min(8, cores + 2),
                                            thread_name_prefix="facenas-decode")
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -212,8 +212,3 @@ class Mtcnn:
             return np.zeros((0, 5)), np.zeros((0, 5, 2))
         return self._output(rgb, boxes, max(score_threshold, STAGE_THRESHOLDS[2]))
 
-
-def largest_face(boxes: np.ndarray, landmarks: np.ndarray) -> tuple[Sequence[float], np.ndarray]:
-    """The box (x1, y1, x2, y2, score) and landmarks of the largest face."""
-    i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
-    return boxes[i], landmarks[i]
