@@ -36,19 +36,19 @@ class BatchingEmbedder:
         self.calls = 0  # model calls made, and faces embedded: the mean batch is faces / calls
         self.faces = 0
         self._coming = 0  # requests decoding faces that they will submit
-        self._coming_lock = threading.Lock()
+        self._lock = threading.Lock()
         self._worker = threading.Thread(target=self._run, name="facenas-batcher", daemon=True)
         self._worker.start()
 
     @contextmanager
     def coming(self) -> Iterator[None]:
         """Around a request's decoding: a batch short of faces waits (max_wait_s at most) only while some are."""
-        with self._coming_lock:
+        with self._lock:
             self._coming += 1
         try:
             yield
         finally:
-            with self._coming_lock:
+            with self._lock:
                 self._coming -= 1
 
     def submit(self, crops: np.ndarray) -> Future:
@@ -57,6 +57,15 @@ class BatchingEmbedder:
         future: Future = Future()
         self._queue.put((crops, future))
         return future
+
+    def embed_here(self, crops: np.ndarray) -> np.ndarray:
+        """The model on `crops` in the calling thread, beside the batches (onnxruntime sessions are thread-safe):
+        for work so small that the hop to the batching thread would cost more than batching saves."""
+        out = self._embed(crops)
+        with self._lock:
+            self.calls += 1
+            self.faces += len(crops)
+        return out
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         return self.submit(crops).result()
@@ -103,9 +112,10 @@ class BatchingEmbedder:
                 for _, future in live:
                     future.set_exception(exc)
                 continue
-            self.calls += 1
             start = 0
             for crops, future in live:
                 future.set_result(out[start:start + len(crops)])
                 start += len(crops)
-            self.faces += start
+            with self._lock:
+                self.calls += 1
+                self.faces += start

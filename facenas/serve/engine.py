@@ -57,12 +57,29 @@ def decode_upload(data: bytes, settings: ServeSettings, field: str = "image") ->
         if min(width, height) < settings.min_side:
             raise ImageRejected(f"{field}: {width}x{height} is too small (sides of at least {settings.min_side} "
                                 "pixels)")
+        # OpenCV decodes (a third faster than PIL, and without the GIL), refusing truncated data; PIL decodes what
+        # OpenCV cannot, and its errors name corrupt data. EXIF orientation is ignored by both: landmarks sent with
+        # an image are in its stored pixels
+        rgb = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+        if rgb is not None and rgb.shape[:2] == (height, width):
+            return rgb
         try:
             img.load()  # decodes now; raises on truncated data
-            rgb = np.asarray(img.convert("RGB"))
+            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # no copy when RGB already
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             raise ImageRejected(f"{field}: the image data is truncated or corrupt") from None
-    return rgb
+
+
+def crop_sized(data: bytes) -> bool:
+    """Whether the upload's header says 112x112 (an aligned crop: nothing to detect; cheap to decode), without
+    decoding it; False for anything that is not an image (decode_upload says what is wrong)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size == (CROP, CROP)
+    except Exception:  # noqa: BLE001 - any unreadable header: decode_upload names the problem
+        return False
 
 
 def parse_landmarks(value: Any, field: str) -> Optional[np.ndarray]:

@@ -247,7 +247,7 @@ def test_unexpected_errors_leak_nothing(client, monkeypatch, crops, caplog):
     def boom(*a, **k):
         raise RuntimeError("secret internal path /srv/models/x.onnx")
 
-    monkeypatch.setattr(engine.FaceEngine, "submit_faces", boom)
+    monkeypatch.setattr(engine.FaceEngine, "face", boom)
     from fastapi.testclient import TestClient  # a client that turns server errors into responses
     raw = TestClient(client.app, raise_server_exceptions=False, client=("127.0.0.1", 1))
     with caplog.at_level(logging.ERROR, logger="facenas.serve"):
@@ -284,3 +284,21 @@ def test_the_service_runs_without_pytorch(exported, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_crops_are_embedded_on_the_loop_and_photos_in_the_decoding_threads(client, monkeypatch, crops, photo):
+    """An aligned 112x112 crop costs about a millisecond: it skips the hops to the decoding threads and the batcher;
+    a photo (detection, alignment) takes them."""
+    from facenas.serve import engine
+    from facenas.serve.engine import crop_sized
+
+    hops = []
+    submit = engine.FaceEngine.submit_faces
+    monkeypatch.setattr(engine.FaceEngine, "submit_faces", lambda self, faces: hops.append(len(faces))
+                        or submit(self, faces))
+    r = client.post("/v1/verify", files={"image1": ("a.png", crops[0]), "image2": ("b.png", crops[1])})
+    assert r.status_code == 200 and hops == []
+    image, points = photo
+    r = client.post("/v1/embed", files={"files": ("p.png", image)}, data={"landmarks": json.dumps([points])})
+    assert r.status_code == 200 and r.json()["embeddings"][0]["aligned"] == "landmarks" and hops == [1]
+    assert crop_sized(crops[0]) and not crop_sized(image) and not crop_sized(b"not an image")
