@@ -141,6 +141,36 @@ class RandomSearchConfig(_Section):
     LIMITS: ClassVar[tuple[str, ...]] = ("budget_from", "max_epoch_macs", "max_wall_s", "max_candidates")
 
 
+class TargetConfig(_Section):
+    """Where the found net will run, for measuring each candidate's latency (`facenas.export.latency`): the net
+    exported as `facenas export` writes it (insightface's 3x112x112 contract) and timed on onnxruntime's CPU
+    provider, `repeats` timed calls after `warmup` untimed ones; the median is the latency, the interquartile range
+    its spread. `facenas export` measures the exported file the same way."""
+
+    runtime: Literal["onnxruntime"] = Field("onnxruntime", description="the serving runtime (onnxruntime, CPU)")
+    threads: int = Field(1, ge=1, le=256, description="onnxruntime intra-op threads")
+    batch: int = Field(1, ge=1, le=1024, description="faces per call")
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32", description="fp32, or int8 (onnxruntime static QDQ quantisation, as `facenas export --int8`)")
+    repeats: int = Field(50, ge=5, le=10_000, description="timed calls")
+    warmup: int = Field(5, ge=0, le=1000, description="untimed calls first")
+    measure: bool = Field(False, description="measure every candidate's latency (always done when "
+                                             "search.constraints.max_latency_ms is set)")
+
+
+class ConstraintsConfig(_Section):
+    """Budgets of a deployment-aware search. A candidate over any of them is journaled as skipped, never trained;
+    the depth phase stops growing at the budget, and micro changes are proposed only within it. None: no limit
+    (the search is then exactly the unconstrained one)."""
+
+    max_params: Optional[int] = Field(None, ge=1, description="parameters")
+    max_macs: Optional[int] = Field(None, ge=1, description="multiply-accumulates of one forward pass")
+    max_latency_ms: Optional[float] = Field(None, gt=0, description="median latency on search.target, ms")
+
+    def any(self) -> bool:
+        return any(v is not None for v in (self.max_params, self.max_macs, self.max_latency_ms))
+
+
 class SearchSpec(_Section):
     """Everything the strategy needs to decide; nothing about how candidates are trained."""
 
@@ -157,6 +187,8 @@ class SearchSpec(_Section):
         "egnas", description="egnas: the greedy macro-micro search; random: random architectures of the same space "
                              "at a given cost, the baseline (search.random)")
     random: RandomSearchConfig = RandomSearchConfig()
+    target: TargetConfig = TargetConfig()
+    constraints: ConstraintsConfig = ConstraintsConfig()
 
     @model_validator(mode="after")
     def _random_needs_a_limit(self) -> "SearchSpec":

@@ -239,12 +239,19 @@ def arch_random(
     out_path: Optional[Path] = typer.Option(None, "--out", help="a directory (random_<seed>_<k>.json each) or, with "
                                             "--count 1, a .json file (default: print one JSON line each)"),
     tolerance: float = typer.Option(0.03, "--tolerance", min=0.0, help="relative distance to --params allowed"),
+    max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms",
+                                                   help="search.constraints.max_latency_ms: only architectures "
+                                                        "this fast on the config's search.target (measured)"),
+    max_macs: Optional[int] = typer.Option(None, "--max-macs", min=1, help="search.constraints.max_macs: only "
+                                           "architectures within this many MACs"),
 ) -> None:
-    """Draw random architectures of the search space at a parameter count: the baseline for a search's result."""
+    """Draw random architectures of the search space at a parameter count: the baseline for a search's result.
+    With a latency or MACs budget, the draws are uniform over the architectures inside it (the baseline for a
+    constrained search)."""
     from rich.table import Table
 
     from facenas.config import load_config
-    from facenas.space.arch import OP_CONV
+    from facenas.space.arch import OP_CONV, Arch
     from facenas.space.count import count_macs, count_params
     from facenas.space.sample import sample_archs, space_from_config
     from facenas.train.evaluators import task_profile
@@ -253,20 +260,35 @@ def arch_random(
         fail(f"--out {out_path} is one file; give a directory to write --count {count} architectures")
     if out_path is not None and out_path.suffix != ".json" and out_path.exists() and not out_path.is_dir():
         fail(f"--out {out_path} is a file; give a directory or a .json file")
-    cfg = run_guarded(load_config, config, None if config is not None else {"task": "faces"})
+    budget = {"search.constraints.max_latency_ms": max_latency_ms, "search.constraints.max_macs": max_macs}
+    overrides = {**({"task": "faces"} if config is None else {}), **{k: v for k, v in budget.items() if v is not None}}
+    cfg = run_guarded(load_config, config, overrides)
     space = run_guarded(lambda: space_from_config(cfg, task_profile(cfg)))
-    archs = run_guarded(sample_archs, space, params, seed, count=count, tolerance=tolerance)
+    latency: dict[Arch, float] = {}
+    within = None
+    if cfg.search.constraints.any():
+        from facenas.export.latency import arch_latency
+        from facenas.search.constraints import Limits
+
+        def measured(arch: Arch) -> float:
+            latency[arch] = arch_latency(arch, cfg.search.target).median_ms
+            return latency[arch]
+
+        limits = Limits(cfg.search.constraints, measured)
+        within = lambda arch: limits.over(arch) is None  # noqa: E731
+    archs = run_guarded(sample_archs, space, params, seed, count=count, tolerance=tolerance, within=within)
 
     source = f"{config} ({cfg.task})" if config is not None else "the face defaults (no -c)"
     console.print(f"space of {source}: {space.describe()}; target {params:,} parameters within "
                   f"{tolerance:.1%}, seed {seed}", highlight=False)
     table = Table()
-    for col in ("#", "depth", "width", "params", "vs target", "MACs", "conv", "k>3"):
+    for col in ("#", "depth", "width", "params", "vs target", "MACs", "conv", "k>3", *(["ms"] if latency else [])):
         table.add_column(col, justify="right", no_wrap=True)
     for k, a in enumerate(archs):
         n = count_params(a)
         table.add_row(str(k), str(a.depth), str(a.width), f"{n:,}", f"{(n - params) / params:+.2%}",
-                      f"{count_macs(a):,}", str(sum(o == OP_CONV for o in a.ops)), str(sum(s > 3 for s in a.kernels)))
+                      f"{count_macs(a):,}", str(sum(o == OP_CONV for o in a.ops)), str(sum(s > 3 for s in a.kernels)),
+                      *([f"{latency[a]:.3f}"] if latency else []))
     console.print(table)
 
     if out_path is None:
@@ -534,12 +556,22 @@ def export(
                                                              "(default: the training run's held-out pairs)"),
     lfw_dir: Optional[Path] = typer.Option(None, help="or an LFW directory (with --pairs) to choose it on"),
     pairs: Optional[Path] = typer.Option(None, help="pairs.txt for --lfw-dir"),
+    latency: bool = typer.Option(True, "--latency/--no-latency", help="time the exported model on onnxruntime as "
+                                 "the search times a candidate (search.target) and put it on the card"),
+    latency_threads: int = typer.Option(1, min=1, max=256, help="search.target.threads: onnxruntime intra-op "
+                                        "threads"),
+    latency_batch: int = typer.Option(1, min=1, max=1024, help="search.target.batch: faces per timed call"),
+    latency_repeats: int = typer.Option(50, min=5, max=10_000, help="search.target.repeats: timed calls (the "
+                                        "median is the latency, the interquartile range its spread)"),
 ) -> None:
-    """Export to ONNX with insightface's recognition contract, verify it, and write its model card."""
+    """Export to ONNX with insightface's recognition contract, verify it, time it, and write its model card."""
+    from facenas.config import TargetConfig
     from facenas.export.onnx import calibration_from_run, export_onnx
 
     if quantize not in (None, "int8"):
         fail(f"--quantize {quantize!r}: only int8 is supported")
+    # the float file (precision fp32); an int8 file's latency is in the quantised comparison
+    target = TargetConfig(threads=latency_threads, batch=latency_batch, repeats=latency_repeats) if latency else None
 
     def run() -> Any:
         from facenas.data.faces.images import Preprocess
@@ -556,7 +588,7 @@ def export(
         else:
             calibration, name = calibration_from_run(checkpoint)
         return export_onnx(checkpoint, out_file, opset=opset, calibration=calibration, calibration_name=name,
-                           quantize=quantize)
+                           quantize=quantize, target=target)
 
     report = run_guarded(run)
     if report.card_data.get("threshold") is None:

@@ -41,9 +41,9 @@ class _Bars:
         self.progress.stop()
 
 
-LEGEND = ("one line per candidate: index, phase, depth D, width C, epoch budget E, parameters, MACs, validation "
-          "score (as configured), train accuracy, time; * marks the best score of its phase so far (the "
-          "phase's acceptance rules, not this mark, decide which candidate is kept)")
+LEGEND = ("one line per candidate: index, phase, depth D, width C, epochs E, parameters, MACs, latency if measured, "
+          "validation score, train accuracy, time; * marks the best score of its phase so far (the phase's "
+          "acceptance rules, not this mark, decide which candidate is kept)")
 
 
 class RichSearchEvents(_Bars, SearchEvents):
@@ -99,6 +99,13 @@ class RichSearchEvents(_Bars, SearchEvents):
             self.console.print(f"[{index:3d}] {c.phase:7s} {c.arch.short()}  E={c.epochs}  [red]FAILED[/]: {first}",
                                highlight=False)
             return
+        size = f"{record.params / 1e6:.3f}M {record.macs / 1e6:.1f}MMAC"
+        if record.latency_ms is not None:
+            size += f" {record.latency_ms:.2f}ms"
+        if record.status == "skipped":
+            self.console.print(f"[{index:3d}] {c.phase:7s} D{c.arch.depth} C{c.arch.width} E={c.epochs:<3d} {size}  "
+                               f"[yellow]skipped[/], over budget: {record.error}", highlight=False)
+            return
         score = record.score or 0.0
         mark = ""
         if score > self.best.get(c.phase, float("-inf")):
@@ -106,8 +113,8 @@ class RichSearchEvents(_Bars, SearchEvents):
             mark = " *"
         self.console.print(
             f"[{index:3d}] {c.phase:7s} D{c.arch.depth} C{c.arch.width} E={c.epochs:<3d} "
-            f"{record.params / 1e6:.3f}M {record.macs / 1e6:.1f}MMAC  val {score:6.2f}  train "
-            f"{record.train_score or 0:6.2f}  {record.wall_s or 0:6.1f}s{mark}", highlight=False)
+            f"{size}  val {score:6.2f}  train {record.train_score or 0:6.2f}  {record.wall_s or 0:6.1f}s{mark}",
+            highlight=False)
 
     def on_done(self, result: SearchResult, records: list[CandidateRecord]) -> None:
         for task in [*self.cand_tasks.values(), self.phase_task]:

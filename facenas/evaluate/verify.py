@@ -106,6 +106,19 @@ class TorchEmbedder:
             return self.model(x).float().cpu().numpy()
 
 
+def session_options(threads: int) -> Any:
+    """onnxruntime options for serving, and for timing a net as it will be served (`facenas.export.latency`):
+    `threads` intra-op threads (0: one per core) that sleep instead of spinning between calls, since between two
+    batches the cores belong to HTTP parsing and image decoding; one inter-op thread."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OnnxEmbedder:
     """A recognition ONNX with insightface's contract: input NCHW float32 RGB, one output, the embedding.
 

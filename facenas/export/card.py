@@ -71,6 +71,7 @@ class ModelCard:
     trained_channels: int = 3
     trained_size: int = 112
     quantization: Optional[str] = None
+    latency: Optional[dict[str, Any]] = None  # measured on a target (`facenas.export.latency`), with its settings
     format: str = CARD_FORMAT
 
     def to_json(self) -> str:

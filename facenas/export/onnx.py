@@ -24,12 +24,12 @@ their accuracies may differ for reasons that have nothing to do with the export.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import tempfile
-import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from facenas import __version__
+from facenas.config import TargetConfig
 from facenas.data.faces.types import PairSet
 from facenas.errors import ExportError
 from facenas.evaluate.metrics import (
@@ -62,6 +63,10 @@ log = logging.getLogger(__name__)
 
 CONTRACT_SIZE = 112
 MIN_COSINE = 0.99999
+DEFAULT_OPSET = 17
+#: What the int8 comparison of `facenas export --quantize int8` times each file with (batch and precision set per
+#: measurement) when no latency target is given.
+COMPARISON_TARGET = TargetConfig(repeats=20, warmup=1)
 
 
 class ContractWrapper(nn.Module):
@@ -100,8 +105,8 @@ def face_crops(count: int = 7, seed: int = 0) -> np.ndarray:
     return faces.images
 
 
-def _normalise(images: np.ndarray) -> np.ndarray:
-    """The contract's preprocessing, outside the graph."""
+def normalise(images: np.ndarray) -> np.ndarray:
+    """The contract's preprocessing, outside the graph (float32 NCHW from uint8 NCHW)."""
     return (images.astype(np.float32) - MEAN) / STD
 
 
@@ -134,7 +139,7 @@ def verify_onnx(path: Path, wrapper: nn.Module, crops: np.ndarray) -> Verificati
     shape = inputs[0].shape
     if isinstance(shape[0], int) or list(shape[1:]) != [3, CONTRACT_SIZE, CONTRACT_SIZE]:
         raise ExportError(f"{path}: input shape {shape} breaks the contract [N, 3, 112, 112]")
-    x = _normalise(crops)
+    x = normalise(crops)
     with torch.inference_mode():
         reference = wrapper(torch.from_numpy(x)).numpy()
     for batch in (1, 7):
@@ -191,25 +196,26 @@ def operating_points(dist: np.ndarray, issame: np.ndarray,
     return points
 
 
-def _export_graph(wrapper: nn.Module, path: Path, opset: int) -> None:
+def export_graph(wrapper: nn.Module, opset: int = DEFAULT_OPSET) -> bytes:
+    """The wrapped model as one self-contained ONNX file's bytes, in memory: what `facenas export` writes and what
+    the search times (`facenas.export.latency`), so that both measure the same graph."""
     import onnx
 
-    tmp = path.with_suffix(".tmp.onnx")
+    buffer = io.BytesIO()
     # The TorchScript exporter on purpose (dynamo=False): it gives the plain graph insightface's tools expect, and
     # torch's notice that another exporter is the default says nothing a user can act on.
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(wrapper, (torch.zeros(1, 3, CONTRACT_SIZE, CONTRACT_SIZE),), str(tmp),
+        torch.onnx.export(wrapper, (torch.zeros(1, 3, CONTRACT_SIZE, CONTRACT_SIZE),), buffer,
                           input_names=["data"], output_names=["embedding"],
                           dynamic_axes={"data": {0: "N"}, "embedding": {0: "N"}}, opset_version=opset,
                           do_constant_folding=True, dynamo=False)
-    model = onnx.load(str(tmp))
-    tmp.unlink()
+    model = onnx.load_model_from_string(buffer.getvalue())
     for key, value in (("producer", f"facenas {__version__}"), ("input_contract", json.dumps(INPUT_CONTRACT))):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(model)
-    onnx.save_model(model, str(path), save_as_external_data=False)
+    return model.SerializeToString()
 
 
 @dataclass
@@ -219,10 +225,11 @@ class ExportReport:
     verification: Verification
     card_data: dict[str, Any]
     quantized: Optional[dict[str, Any]] = None
+    latency: Optional[dict[str, Any]] = None  # `latency_report` of the file of the target's precision
 
     def to_dict(self) -> dict[str, Any]:
         return {"onnx": self.onnx, "card": self.card, "verification": asdict(self.verification),
-                "threshold": self.card_data.get("threshold"), "quantized": self.quantized}
+                "threshold": self.card_data.get("threshold"), "latency": self.latency, "quantized": self.quantized}
 
 
 @dataclass(frozen=True)
@@ -287,9 +294,14 @@ def _calibrate(card: ModelCard, measured: Measured, issame: np.ndarray, name: st
     return measured.accuracy
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, calibration: Optional[PairSet] = None,
-                calibration_name: str = "", quantize: Optional[str] = None) -> ExportReport:
-    """Export, verify, choose the threshold, write the card; optionally also an int8 model with its own card."""
+def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET,
+                calibration: Optional[PairSet] = None, calibration_name: str = "", quantize: Optional[str] = None,
+                target: Optional[TargetConfig] = None) -> ExportReport:
+    """Export, verify, choose the threshold, write the card; optionally also an int8 model with its own card.
+
+    Given a latency `target`, the file of its precision (the int8 one for int8, which needs `quantize="int8"`) is
+    timed as the search times a candidate (`facenas.export.latency`), and the report and that file's card record it.
+    """
     from facenas.evaluate.verify import OnnxEmbedder, TorchEmbedder
     from facenas.models.checkpoint import describe_face_model, load_face_model
 
@@ -298,13 +310,16 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, cal
     out = Path(out)
     if out.suffix != ".onnx":
         raise ExportError(f"{out}: the output must end in .onnx")
+    if target is not None and target.precision == "int8" and quantize != "int8":
+        raise ExportError("a latency target of precision int8 times the int8 model: export it with --quantize int8 "
+                          "(quantize='int8'), or time the float model with precision fp32")
     out.parent.mkdir(parents=True, exist_ok=True)
     model, network, _ = load_face_model(checkpoint)
     info = describe_face_model(model, network)  # a searched architecture or a hand-designed backbone
     if info.head != "embedding":
         raise ExportError(f"{checkpoint}: a classifier cannot be exported as a face embedding model")
     wrapper = ContractWrapper(model, info.in_channels, info.input_size).eval()
-    _export_graph(wrapper, out, opset)
+    out.write_bytes(export_graph(wrapper, opset))
     verification = verify_onnx(out, wrapper, face_crops())
     card = ModelCard(arch=info.description, arch_short=info.short, params=info.params, macs=info.macs,
                      embedding_size=info.embedding_dim, onnx_sha256=sha256_file(out), facenas_version=__version__,
@@ -322,47 +337,76 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, cal
             "pairs_across_a_threshold": verification.pairs_across_a_threshold, "warnings": verification.warnings}
     card_path(out).write_text(card.to_json())
     result = ExportReport(str(out), str(card_path(out)), verification, asdict(card))
+    timed = out
     if quantize:
-        result.quantized = quantize_int8(out, card, calibration, calibration_name)
+        result.quantized = quantize_int8(out, card, calibration, calibration_name, target)
+        if target is not None and target.precision == "int8":
+            timed = Path(result.quantized["int8_onnx"])
+    if target is not None:
+        result.latency = record_latency(timed, target)
     return result
 
 
-def _latency_ms(path: Path, batch: int, repeats: int = 20) -> float:
-    import onnxruntime as ort
+def record_latency(path: Path, target: TargetConfig) -> dict[str, Any]:
+    """Time an exported file on `target` and put the figures, with how they were measured, on its card."""
+    from facenas.export.latency import latency_report, onnx_latency
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = _normalise(np.repeat(face_crops(1), batch, axis=0))
-    session.run(None, {"data": x})
-    began = time.perf_counter()
-    for _ in range(repeats):
-        session.run(None, {"data": x})
-    return (time.perf_counter() - began) / repeats * 1000
+    record = latency_report(onnx_latency(path, target), target)
+    card_file = card_path(path)
+    card = ModelCard.from_dict(json.loads(card_file.read_text()))
+    card_file.write_text(replace(card, latency=record).to_json())
+    return record
 
 
-def quantize_int8(float_path: Path, card: ModelCard, calibration: Optional[PairSet],
-                  calibration_name: str) -> dict[str, Any]:
-    """Static int8 quantisation (QDQ, per-channel) with onnxruntime's tools, compared side by side."""
+def calibration_crops(calibration: Optional[PairSet]) -> np.ndarray:
+    """The images static quantisation calibrates on, at the contract's input: a calibration set's first 256, or
+    synthetic face crops where there is none (as the search's int8 latency target has)."""
+    from facenas.evaluate.verify import fit_images
+
+    images = calibration.images[:256] if calibration is not None else face_crops(64, seed=1)
+    return fit_images(images, CONTRACT_SIZE, 3)
+
+
+def quantize_qdq(float_model: bytes | Path, images: np.ndarray) -> bytes:
+    """onnxruntime's static QDQ quantisation (per-channel int8 weights and activations) calibrated on `images`
+    (uint8 at the contract's input): the one int8 conversion of `facenas export --quantize int8` and of the
+    search's int8 latency target, so that both time the same graph."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from facenas.evaluate.verify import OnnxEmbedder, fit_images
-
-    calib_images = calibration.images[:256] if calibration is not None else face_crops(64, seed=1)
-    calib_images = fit_images(calib_images, CONTRACT_SIZE, 3)
-
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{"data": _normalise(calib_images[i:i + 16])} for i in range(0, len(calib_images), 16)])
+            self.batches = iter([{"data": normalise(images[i:i + 16])} for i in range(0, len(images), 16)])
 
         def get_next(self) -> Optional[dict[str, np.ndarray]]:
             return next(self.batches, None)
 
-    int8_path = float_path.with_name(float_path.stem + ".int8.onnx")
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        source, prepared, quantized = (Path(tmp) / name for name in ("float.onnx", "prepared.onnx", "int8.onnx"))
+        if isinstance(float_model, bytes):
+            source.write_bytes(float_model)
+        else:
+            source = Path(float_model)
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        return quantized.read_bytes()
+
+
+def quantize_int8(float_path: Path, card: ModelCard, calibration: Optional[PairSet], calibration_name: str,
+                  target: Optional[TargetConfig] = None) -> dict[str, Any]:
+    """Static int8 quantisation (QDQ, per-channel) with onnxruntime's tools, compared side by side; latencies are
+    timed with `target`'s threads, repeats and warm-up (default `COMPARISON_TARGET`) at batches 1 and 32."""
+    from facenas.evaluate.verify import OnnxEmbedder
+    from facenas.export.latency import onnx_latency
+
+    int8_path = float_path.with_name(float_path.stem + ".int8.onnx")
+    int8_path.write_bytes(quantize_qdq(float_path, calibration_crops(calibration)))
+    base = target or COMPARISON_TARGET
+    files = {"float32": (float_path, "fp32"), "int8": (int8_path, "int8")}
+    latency = {f"latency_ms_batch{batch}": {
+        name: onnx_latency(path, base.model_copy(update={"batch": batch, "precision": precision})).to_dict()
+        for name, (path, precision) in files.items()} for batch in (1, 32)}
     crops = face_crops()
     floats = OnnxEmbedder(float_path).embed(crops)
     ints = OnnxEmbedder(int8_path).embed(crops)
@@ -370,12 +414,11 @@ def quantize_int8(float_path: Path, card: ModelCard, calibration: Optional[PairS
         "int8_onnx": str(int8_path), "method": "onnxruntime quantize_static, QDQ, per-channel int8 weights and "
                                                "activations, calibrated on the calibration images",
         "size_bytes": {"float32": float_path.stat().st_size, "int8": int8_path.stat().st_size},
-        "latency_ms_batch1": {"float32": _latency_ms(float_path, 1), "int8": _latency_ms(int8_path, 1)},
-        "latency_ms_batch32": {"float32": _latency_ms(float_path, 32), "int8": _latency_ms(int8_path, 32)},
+        **latency,
         "embedding_min_cosine_vs_float": _min_cosine(ints, floats),
     }
     int8_card = ModelCard(**{**asdict(card), "threshold": None, "onnx_sha256": sha256_file(int8_path),
-                             "quantization": "int8 (onnxruntime static QDQ)", "evaluation": {}})
+                             "quantization": "int8 (onnxruntime static QDQ)", "evaluation": {}, "latency": None})
     if calibration is not None:
         float_accuracy = card.evaluation[calibration_name]["accuracy"]  # measured by export_onnx already
         int8_accuracy = _calibrate(int8_card, measure(OnnxEmbedder(int8_path), calibration), calibration.issame,

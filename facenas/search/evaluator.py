@@ -47,3 +47,12 @@ def make_task(config: Any) -> tuple[Evaluator, Any]:
                           "a hand-designed backbone is trained with `facenas train --backbone` (remove the key here)")
     evaluator = FaceEvaluator(config) if config.task == "faces" else ClassificationEvaluator(config)
     return evaluator, task_profile(config)
+
+
+def latency_measure() -> Callable[[Arch, Any], Any]:
+    """How a candidate's latency is measured (`facenas.export.latency.arch_latency`: the net exported as `facenas
+    export` writes it, timed on onnxruntime): the search's other door, into `export`, opened only where a search
+    measures latencies."""
+    from facenas.export.latency import arch_latency
+
+    return arch_latency

@@ -11,6 +11,10 @@ A candidate is begun off the path and adopted onto it (`adopt`) only when the st
 then, and for good if the strategy never proposes it, its result is a cached answer that the strategy has not seen.
 Work that stops being needed while it trains is `cancelled`. The history the strategy folds its state from is the
 on-path records only, so a journal of a parallel search reads like that of a serial one.
+
+A deployment-aware search (`search.constraints`) journals a candidate over budget as `skipped` (on the path, never
+trained, the reason in `error`), and keeps each architecture's measured latency in the `latency` table, keyed by
+the architecture and the target's settings, so that a resume decides with the same figures.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from facenas.search.evaluator import EpochMetrics, Metrics
 from facenas.search.strategy import Candidate, Outcome
 from facenas.space.arch import Arch
 
-SCHEMA_VERSION = "2"
-STATUSES = ("running", "finished", "failed", "interrupted", "discarded", "cancelled")
+SCHEMA_VERSION = "3"
+STATUSES = ("running", "finished", "failed", "interrupted", "discarded", "cancelled", "skipped")
+HISTORY = ("finished", "failed", "skipped")  # what the strategy has seen, on the path
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -42,7 +47,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     macs INTEGER NOT NULL,
     seed INTEGER NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'interrupted', 'discarded',
-                                           'cancelled')),
+                                           'cancelled', 'skipped')),
     started_at REAL NOT NULL,
     finished_at REAL,
     wall_s REAL,
@@ -50,7 +55,8 @@ CREATE TABLE IF NOT EXISTS candidates (
     train_score REAL,
     metrics TEXT,
     error TEXT,
-    on_path INTEGER NOT NULL DEFAULT 1
+    on_path INTEGER NOT NULL DEFAULT 1,
+    latency_ms REAL
 );
 CREATE INDEX IF NOT EXISTS candidates_idx ON candidates (idx, status);
 CREATE TABLE IF NOT EXISTS epochs (
@@ -59,9 +65,15 @@ CREATE TABLE IF NOT EXISTS epochs (
     data TEXT NOT NULL,
     PRIMARY KEY (candidate_id, epoch)
 );
+CREATE TABLE IF NOT EXISTS latency (
+    arch TEXT NOT NULL,
+    target TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (arch, target)
+);
 """
 _COLUMNS = ("id, idx, phase, arch, epochs, params, macs, seed, status, started_at, finished_at, wall_s, score, "
-            "train_score, metrics, error, on_path")
+            "train_score, metrics, error, on_path, latency_ms")
 
 
 @dataclass(frozen=True)
@@ -83,11 +95,14 @@ class CandidateRecord:
     metrics: Optional[Metrics]
     error: Optional[str]
     on_path: bool = True
+    latency_ms: Optional[float] = None  # median on the search's target, where it measures latencies
 
     @property
     def outcome(self) -> Outcome:
         if self.status == "failed":
             return Outcome.failure()
+        if self.status == "skipped":
+            return Outcome.skip()
         return Outcome(self.score, self.train_score)
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,7 +111,7 @@ class CandidateRecord:
             "arch": self.candidate.arch.to_dict(), "params": self.params, "macs": self.macs, "seed": self.seed,
             "status": self.status, "wall_s": self.wall_s, "score": self.score, "train_score": self.train_score,
             "metrics": self.metrics.to_dict() if self.metrics else None, "error": self.error,
-            "on_path": self.on_path,
+            "on_path": self.on_path, "latency_ms": self.latency_ms,
         }
 
 
@@ -116,13 +131,14 @@ class SQLiteJournal:
 
     # -- plumbing -------------------------------------------------------------------------------------------
     def _migrate(self) -> None:
-        """Bring a journal written by facenas before speculative execution to this schema: the candidates table
-        gains `on_path` (every old record is on the path) and the `cancelled` status. SQLite cannot alter a CHECK
-        constraint, so the table is copied (ids kept, so the epochs table still points at its candidates)."""
+        """Bring a journal written by an earlier facenas to this schema: the candidates table gains `on_path` (every
+        old record is on the path; speculative execution), the `cancelled` and `skipped` statuses (constraints).
+        SQLite cannot alter a CHECK constraint, so the table is copied (ids kept, so the epochs table still points at
+        its candidates)."""
         row = self._db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'candidates'").fetchone()
-        if row is None or "on_path" in row[0]:
+        if row is None or "'skipped'" in row[0]:
             return
-        old_columns = _COLUMNS.rsplit(", on_path", 1)[0]
+        old_columns = ", ".join(r[1] for r in self._db.execute("PRAGMA table_info(candidates)"))
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("ALTER TABLE candidates RENAME TO candidates_v1")
@@ -159,14 +175,41 @@ class SQLiteJournal:
 
     # -- candidates -----------------------------------------------------------------------------------------
     def begin(self, index: int, candidate: Candidate, *, params: int, macs: int, seed: int,
-              on_path: bool = True) -> int:
+              on_path: bool = True, latency_ms: Optional[float] = None) -> int:
         """Record a candidate as running; a scheduler that trains ahead of the strategy begins it off the path."""
         return self._write(
-            "INSERT INTO candidates (idx, phase, arch, epochs, params, macs, seed, status, started_at, on_path) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+            "INSERT INTO candidates (idx, phase, arch, epochs, params, macs, seed, status, started_at, on_path, "
+            "latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
             (index, candidate.phase, candidate.arch.to_json(), candidate.epochs, params, macs, seed, time.time(),
-             int(on_path)),
+             int(on_path), latency_ms),
         )
+
+    def skip(self, index: int, candidate: Candidate, *, params: int, macs: int, reason: str,
+             latency_ms: Optional[float] = None) -> int:
+        """Record a candidate over the search's budget, on the path: the strategy has decided it, nothing trains."""
+        now = time.time()
+        return self._write(
+            "INSERT INTO candidates (idx, phase, arch, epochs, params, macs, seed, status, started_at, finished_at, "
+            "wall_s, error, on_path, latency_ms) VALUES (?, ?, ?, ?, ?, ?, 0, 'skipped', ?, ?, 0, ?, 1, ?)",
+            (index, candidate.phase, candidate.arch.to_json(), candidate.epochs, params, macs, now, now, reason,
+             latency_ms),
+        )
+
+    def latency(self, arch: Arch, target: str) -> Optional[dict[str, Any]]:
+        """The latency measured for `arch` on `target` (the target's settings as JSON), or None."""
+        row = self._db.execute("SELECT data FROM latency WHERE arch = ? AND target = ?",
+                               (arch.to_json(), target)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_latency(self, arch: Arch, target: str, data: dict[str, Any]) -> None:
+        """Keep a measurement; the first one stays (a resume must decide with the figures the run decided with)."""
+        self._write("INSERT OR IGNORE INTO latency (arch, target, data) VALUES (?, ?, ?)",
+                    (arch.to_json(), target, json.dumps(data)))
+
+    def latencies(self, target: str) -> dict[str, dict[str, Any]]:
+        """Every measurement on `target`, by architecture JSON."""
+        return {a: json.loads(d) for a, d in self._db.execute("SELECT arch, data FROM latency WHERE target = ?",
+                                                               (target,))}
 
     def adopt(self, record_id: int) -> None:
         """Put a finished (or failed) candidate on the path: the strategy has reached it and now sees its outcome."""
@@ -220,7 +263,7 @@ class SQLiteJournal:
         """Empty the journal (candidates, epochs and metadata) for a fresh start in the same file."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            for table in ("epochs", "candidates", "meta"):
+            for table in ("epochs", "candidates", "meta", "latency"):
                 self._db.execute(f"DELETE FROM {table}")
 
     def recover(self) -> int:
@@ -269,9 +312,9 @@ class SQLiteJournal:
         return [EpochMetrics.from_dict(json.loads(r[0])) for r in rows]
 
     def completed(self) -> list[CandidateRecord]:
-        """Finished and failed candidates on the path, in search order: the history the strategy folds its state
-        from."""
-        records = [r for r in self.records(("finished", "failed")) if r.on_path]
+        """Finished, failed and skipped candidates on the path, in search order: the history the strategy folds its
+        state from."""
+        records = [r for r in self.records(HISTORY) if r.on_path]
         for expected, record in enumerate(records):
             if record.index != expected:
                 raise JournalError(
@@ -289,10 +332,11 @@ class SQLiteJournal:
     @staticmethod
     def _record(row: tuple[Any, ...]) -> CandidateRecord:
         (rid, idx, phase, arch, epochs, params, macs, seed, status, started, finished, wall, score, train,
-         metrics, error, on_path) = row
+         metrics, error, on_path, latency_ms) = row
         candidate = Candidate(phase, Arch.from_json(arch), epochs)
         return CandidateRecord(
             id=rid, index=idx, candidate=candidate, params=params, macs=macs, seed=seed, status=status,
             started_at=started, finished_at=finished, wall_s=wall, score=score, train_score=train,
             metrics=Metrics.from_dict(json.loads(metrics)) if metrics else None, error=error, on_path=bool(on_path),
+            latency_ms=latency_ms,
         )

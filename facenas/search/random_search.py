@@ -24,6 +24,9 @@ egnas macro phases would give it, keeps the best held-out score, and stops at th
   towards small nets). `budget_from` reads both totals from an egnas run's journal: the sum over its completed
   on-path candidates (failures included: they were trained too). The budget is resolved once, when the run starts,
   and kept in the run's journal, so a resume stops where an uninterrupted run would even if the other run went on.
+- **Constraints.** With `search.constraints`, a draw over budget is drawn again (from the candidate's own stream,
+  attempt 1, 2, ...): every candidate lies within the budget, drawn uniformly from the part of the space inside it.
+  Without constraints the first attempt is the only one, as before.
 - **Result.** The best score (`Metrics.score`, the evaluator's held-out score) among finished candidates; a failed
   candidate never wins, and the earlier of two equal scores does.
 - **Workers.** Draws are independent, so a pool trains the next candidates the deterministic limits admit while
@@ -45,6 +48,7 @@ import numpy as np
 
 from facenas.config import Config, SearchSpec, parse_config
 from facenas.errors import JournalError, SearchAborted
+from facenas.search.constraints import Limits, limits_for
 from facenas.search.evaluator import Evaluator
 from facenas.search.executor import Executor, Pool, Task, as_pool
 from facenas.search.journal import CandidateRecord, SQLiteJournal
@@ -56,11 +60,12 @@ from facenas.search.run import (
     check_failures,
     epoch_logger,
     fingerprint_data,
+    latency_book,
     launch,
     settle,
 )
 from facenas.search.strategy import Candidate, SearchResult
-from facenas.space.arch import Profile
+from facenas.space.arch import Arch, Profile
 from facenas.space.count import count_macs
 from facenas.space.sample import SearchSpace, draw_choices, space_from_spec
 
@@ -235,8 +240,9 @@ def macro_epochs(spec: SearchSpec, depth: int, width: int) -> int:
 class Draws:
     """Candidate i of a random run, with its epochs x MACs: a pure function of the spec, profile, run seed and i."""
 
-    def __init__(self, spec: SearchSpec, profile: Profile, seed: int) -> None:
-        self.spec = spec
+    def __init__(self, spec: SearchSpec, profile: Profile, seed: int, limits: Optional[Limits] = None,
+                 attempts: int = 1000) -> None:
+        self.spec, self.limits, self.attempts = spec, limits, attempts
         self.space: SearchSpace = space_from_spec(spec, profile)
         self.widths = width_choices(spec)
         self.seed = seed
@@ -244,12 +250,22 @@ class Draws:
 
     def _draw(self, index: int) -> tuple[Candidate, int]:
         if index not in self._cache:
-            rng = np.random.default_rng([_DRAW_STREAM, candidate_seed(self.seed, index)])
-            choices = draw_choices(self.space, rng)
-            arch = choices.with_width(int(self.widths[int(rng.integers(len(self.widths)))]))
+            for attempt in range(self.attempts):
+                arch = self._arch(index, attempt)
+                if self.limits is None or self.limits.over(arch) is None:
+                    break
+            else:
+                raise SearchAborted(f"{self.attempts} random architectures in a row were over the search's budget "
+                                    f"(the last: {arch.short()}, {self.limits.over(arch)}); raise search.constraints")
             candidate = Candidate(PHASE, arch, proxy_epochs(self.spec, arch.depth, arch.width))
             self._cache[index] = candidate, candidate.epochs * count_macs(arch)
         return self._cache[index]
+
+    def _arch(self, index: int, attempt: int) -> Arch:
+        stream = [_DRAW_STREAM, candidate_seed(self.seed, index)] + ([attempt] if attempt else [])
+        rng = np.random.default_rng(stream)
+        choices = draw_choices(self.space, rng)
+        return choices.with_width(int(self.widths[int(rng.integers(len(self.widths)))]))
 
     def candidate(self, index: int) -> Candidate:
         return self._draw(index)[0]
@@ -313,7 +329,8 @@ def run_random_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, 
     """
     events = events or SearchEvents()
     pool = as_pool(evaluator, executor)
-    draws = Draws(spec, profile, seed)
+    latency = latency_book(spec, journal)
+    draws = Draws(spec, profile, seed, limits_for(spec.constraints, latency))
     path = journal.completed()
     for r in path:
         if not r.candidate.same_as(draws.candidate(r.index)):
@@ -348,7 +365,7 @@ def run_random_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, 
             index, ahead = head, spent
             while len(running) < pool.slots and stop_reason(budget, ahead, draws.epoch_macs(index)) is None:
                 if index not in running and index not in known:
-                    running[index] = launch(journal, events, pool, index, draws.candidate(index), seed)
+                    running[index] = launch(journal, events, pool, index, draws.candidate(index), seed, latency)
                 ahead = Spent(ahead.candidates + 1, ahead.epoch_macs + draws.epoch_macs(index),
                               ahead.wall_s + ((known[index].wall_s or 0.0) if index in known else 0.0))
                 index += 1

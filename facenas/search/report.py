@@ -30,6 +30,7 @@ import numpy as np
 
 from facenas.config import Config, Rules, SearchSpec, config_data, decision_rules, parse_config
 from facenas.errors import JournalError
+from facenas.search.constraints import Limits, RecordedLimits
 from facenas.search.journal import CandidateRecord, SQLiteJournal
 from facenas.search.random_search import BUDGET_META, Budget, best_record, progress, result_of
 from facenas.search.run import RunPaths, score_description
@@ -38,6 +39,7 @@ from facenas.space.arch import OP_NAMES, Profile
 
 TRAJECTORY_FILE = "trajectory.png"
 REPORT_FILE = "report.md"
+LATENCY_FILE = "latency.png"
 PHASE_COLOURS = {"depth": "tab:blue", "width": "tab:orange", "ops": "tab:green", "kernels": "tab:purple",
                  "random": "tab:red"}
 MACRO = ("depth", "width")
@@ -47,9 +49,10 @@ REPORT_PHASES = (*PHASES, "random")
 
 # -- the strategy's incumbents ---------------------------------------------------------------------------------
 
-def _result_after(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, Outcome]]) -> SearchResult:
+def _result_after(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, Outcome]],
+                  limits: Optional[Limits] = None) -> SearchResult:
     """The strategy's result when `history` happened and every later candidate failed: its incumbent after it."""
-    gen = search(spec, profile)
+    gen = search(spec, profile, limits)
     try:
         next(gen)
         for _, outcome in history:
@@ -61,17 +64,17 @@ def _result_after(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Ca
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def incumbents(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, Outcome]]
-               ) -> list[SearchResult]:
+def incumbents(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, Outcome]],
+               limits: Optional[Limits] = None) -> list[SearchResult]:
     """The incumbent before the first candidate and after each one (`len(history) + 1` results).
 
     Raises `JournalError` where the history is not a path this strategy could have taken (another config).
     """
     try:
-        next_step(spec, profile, history)
+        next_step(spec, profile, history, limits)
     except HistoryMismatch as exc:
         raise JournalError(f"the journal does not follow the run's configuration ({exc})") from None
-    return [_result_after(spec, profile, history[:k]) for k in range(len(history) + 1)]
+    return [_result_after(spec, profile, history[:k], limits) for k in range(len(history) + 1)]
 
 
 def _macro_key(r: SearchResult) -> tuple[Any, ...]:
@@ -98,11 +101,12 @@ class Decision:
     status: str  # finished / failed
     score: Optional[float]
     train_score: Optional[float]
-    verdict: str  # baseline / accepted / rejected / failed
+    verdict: str  # baseline / accepted / rejected / failed / skipped (over budget, never trained)
     incumbent: Optional[float]  # the incumbent's score it was compared with (None: no comparison or no score)
     words: str
     band: Optional[tuple[float, float]] = None  # incumbent - lower rule, incumbent + upper rule (noise known)
     z: Optional[float] = None  # (score - incumbent) / (std sqrt 2), noise known
+    latency_ms: Optional[float] = None  # on the search's target, where it measured latencies
 
     @property
     def accepted(self) -> bool:
@@ -204,7 +208,7 @@ def decisions(spec: SearchSpec, records: Sequence[CandidateRecord]) -> list[Deci
         return random_decisions(records)
     profile = records[0].candidate.arch.profile
     history = [(r.candidate, r.outcome) for r in records]
-    states = incumbents(spec, profile, history)
+    states = incumbents(spec, profile, history, RecordedLimits(records))
     rules = decision_rules(spec)
     dtype = np.float32 if spec.score_dtype == "float32" else np.float64
     se = spec.noise.std * math.sqrt(2.0) if spec.noise.std is not None else None
@@ -216,6 +220,13 @@ def decisions(spec: SearchSpec, records: Sequence[CandidateRecord]) -> list[Deci
         key = _macro_key if macro else _micro_key
         inc_before = before.macro_score if macro else before.micro_score
         score = None if r.status == "failed" or r.score is None or not math.isfinite(r.score) else r.score
+        if r.status == "skipped":
+            out.append(Decision(
+                index=r.index, phase=c.phase, depth=c.arch.depth, width=c.arch.width, epochs=c.epochs,
+                params=r.params, arch=c.arch.short(), status=r.status, score=None, train_score=None,
+                verdict="skipped", incumbent=None, words=f"{c.arch.short()} skipped, over budget: {r.error}",
+                latency_ms=r.latency_ms))
+            continue
         if key(after) != key(before):
             verdict = "accepted"
         elif r.index in baselines:
@@ -232,7 +243,8 @@ def decisions(spec: SearchSpec, records: Sequence[CandidateRecord]) -> list[Deci
         out.append(Decision(
             index=r.index, phase=c.phase, depth=c.arch.depth, width=c.arch.width, epochs=c.epochs, params=r.params,
             arch=c.arch.short(), status=r.status, score=score, train_score=r.train_score, verdict=verdict,
-            incumbent=compared, words=_words(c, verdict, score, compared, before, rules, dtype), band=band, z=z))
+            incumbent=compared, words=_words(c, verdict, score, compared, before, rules, dtype), band=band, z=z,
+            latency_ms=r.latency_ms))
     return out
 
 
@@ -278,7 +290,7 @@ def load_run(root: str | Path) -> RunReport:
     elif records:
         history = [(r.candidate, r.outcome) for r in records]
         try:
-            step = next_step(config.search, records[0].candidate.arch.profile, history)
+            step = next_step(config.search, records[0].candidate.arch.profile, history, RecordedLimits(records))
         except HistoryMismatch as exc:
             raise JournalError(f"{paths.journal} does not follow {paths.config.name} ({exc})") from None
         result, nxt = (step.result, None) if isinstance(step, Done) else (None, step.candidate)
@@ -314,7 +326,8 @@ def rules_description(spec: SearchSpec) -> str:
             f"{n.micro_gain_z:g}): {values}")
 
 
-TABLE_HEADER = ("#", "phase", "depth", "width", "epochs", "params", "score", "train", "status", "accepted")
+TABLE_HEADER = ("#", "phase", "depth", "width", "epochs", "params", "latency ms", "score", "train", "status",
+                "accepted")
 
 
 def table_rows(items: Sequence[Decision]) -> list[tuple[str, ...]]:
@@ -322,9 +335,20 @@ def table_rows(items: Sequence[Decision]) -> list[tuple[str, ...]]:
     def num(x: Optional[float]) -> str:
         return "" if x is None or not math.isfinite(x) else f"{x:.2f}"
 
-    return [(str(d.index), d.phase, str(d.depth), str(d.width), str(d.epochs), f"{d.params:,}", num(d.score),
-             num(d.train_score), d.status, {"accepted": "yes", "baseline": "baseline"}.get(d.verdict, "no"))
-            for d in items]
+    return [(str(d.index), d.phase, str(d.depth), str(d.width), str(d.epochs), f"{d.params:,}", num(d.latency_ms),
+             num(d.score), num(d.train_score), d.status,
+             {"accepted": "yes", "baseline": "baseline"}.get(d.verdict, "no")) for d in items]
+
+
+def latency_front(items: Sequence[Decision]) -> list[Decision]:
+    """The candidates no other beats on both latency and score (lower latency, higher score), fastest first."""
+    timed = sorted((d for d in items if d.latency_ms is not None and d.score is not None),
+                   key=lambda d: (d.latency_ms, -d.score))
+    front: list[Decision] = []
+    for d in timed:
+        if not front or d.score > front[-1].score:
+            front.append(d)
+    return front
 
 
 def noise_band(items: Sequence[Decision]) -> list[tuple[int, float, float]]:
@@ -336,6 +360,7 @@ def markdown(run: RunReport, trajectory: Optional[str] = TRAJECTORY_FILE) -> str
     """The report as markdown (pure: reads nothing, writes nothing)."""
     cfg, s = run.config, run.summary or {}
     failed = sum(d.status == "failed" for d in run.decisions)
+    skipped = sum(d.status == "skipped" for d in run.decisions)
     evaluator = s.get("evaluator") or run.meta.get("evaluator") or {}
     lines = [f"# Search report: {cfg.name}", "",
              f"- run directory: `{run.root}`",
@@ -345,12 +370,20 @@ def markdown(run: RunReport, trajectory: Optional[str] = TRAJECTORY_FILE) -> str
              f"- score: {score_description(cfg)}",
              f"- decisions: {rules_description(cfg.search)}",
              *([f"- budget: {_budget_words(s)}"] if s.get("strategy") == "random" else []),
-             f"- candidates: {len(run.decisions)} ({failed} failed), "
+             f"- candidates: {len(run.decisions) - skipped} ({failed} failed, {skipped} skipped over budget), "
              + ("search finished" if run.result is not None else
                 f"search unfinished (next: {run.next_candidate.describe() if run.next_candidate else '?'})"),
              ""]
     if trajectory:
         lines += [f"![trajectory]({trajectory})", ""]
+    front = latency_front(run.decisions)
+    if front:
+        lines += ["## Score against latency", "",
+                  f"Latency on {_target_words(cfg)}. {skipped} candidate{'s' * (skipped != 1)} over budget "
+                  f"({_constraint_words(cfg)}), skipped untrained. The front (no candidate is both faster and "
+                  "better):", ""]
+        lines += [f"- #{d.index} `{d.arch}`: {d.latency_ms:.3f} ms, score {d.score:.2f}" for d in front]
+        lines += ["", f"![latency]({LATENCY_FILE})", ""]
     lines += ["## Candidates", "", "| " + " | ".join(TABLE_HEADER) + " |",
               "|" + "|".join("---:" if h not in ("phase", "status", "accepted") else "---" for h in TABLE_HEADER)
               + "|"]
@@ -393,6 +426,56 @@ def markdown(run: RunReport, trajectory: Optional[str] = TRAJECTORY_FILE) -> str
     return "\n".join(lines) + "\n"
 
 
+def _target_words(cfg: Config) -> str:
+    t = cfg.search.target
+    return (f"{t.runtime} (CPU), {t.threads} thread{'s' * (t.threads != 1)}, batch {t.batch}, {t.precision}, median "
+            f"of {t.repeats} calls")
+
+
+def _constraint_words(cfg: Config) -> str:
+    c = cfg.search.constraints
+    parts = [f"{name} {value:,}" if isinstance(value, int) else f"{name} {value:g}"
+             for name, value in (("max_params", c.max_params), ("max_macs", c.max_macs),
+                                 ("max_latency_ms", c.max_latency_ms)) if value is not None]
+    return ", ".join(parts) or "no budget"
+
+
+def _finish(fig: Any, ax: Any, xlabel: str, title: str, path: Path) -> None:
+    """The report plots' common ending: labels, grid, the legend outside, saved and closed."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("score")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_latency(items: Sequence[Decision], path: Path, title: str, budget_ms: Optional[float] = None) -> None:
+    """Score against measured latency, every trained candidate by phase, the front joined, the budget drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.0, 4.5))
+    timed = [d for d in items if d.latency_ms is not None and d.score is not None]
+    for phase in REPORT_PHASES:
+        xs = [d for d in timed if d.phase == phase]
+        if xs:
+            ax.scatter([d.latency_ms for d in xs], [d.score for d in xs], s=18, color=PHASE_COLOURS[phase],
+                       label=phase, zorder=3)
+    front = latency_front(items)
+    ax.step([d.latency_ms for d in front], [d.score for d in front], where="post", color="k", lw=1.0,
+            label="front", zorder=2)
+    if budget_ms is not None:
+        ax.axvline(budget_ms, color="red", ls="--", lw=1.0, label=f"budget {budget_ms:g} ms")
+    _finish(fig, ax, "latency (ms)", title, path)
+
+
 def _budget_words(summary: dict[str, Any]) -> str:
     """A random run's budget next to what it spent, from its summary."""
     budget, spent = summary.get("budget") or {}, summary.get("spent") or {}
@@ -433,20 +516,13 @@ def plot_trajectory(items: Sequence[Decision], path: Path, title: str) -> None:
     base = [d for d in scored if d.verdict == "baseline"]
     ax.scatter([d.index for d in base], [d.score for d in base], s=90, marker="s", facecolors="none",
                edgecolors="k", linewidths=1.0, label="baseline", zorder=4)
-    failed = [d for d in items if d.score is None]
+    failed = [d for d in items if d.score is None and d.verdict != "skipped"]
     if failed:
         ax.scatter([d.index for d in failed], [floor] * len(failed), marker="x", color="red", s=40,
                    label="failed (drawn at the lowest score)", zorder=4)
     if any(d.band is not None for d in items):
         ax.fill_between([], [], [], color="0.5", alpha=0.15, label="noise band (rule thresholds)")
-    ax.set_xlabel("candidate")
-    ax.set_ylabel("score")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, ax, "candidate", title, path)
 
 
 def write_report(root: str | Path, out: Optional[str | Path] = None) -> tuple[Path, Path]:
@@ -459,6 +535,9 @@ def write_report(root: str | Path, out: Optional[str | Path] = None) -> tuple[Pa
     png, md = folder / TRAJECTORY_FILE, folder / REPORT_FILE
     result = run.result.arch.short() if run.result is not None else "unfinished"
     plot_trajectory(run.decisions, png, f"{run.config.name}: {len(run.decisions)} candidates, {result}")
+    if latency_front(run.decisions):
+        plot_latency(run.decisions, folder / LATENCY_FILE, f"{run.config.name}: score against latency",
+                     run.config.search.constraints.max_latency_ms)
     rel = png.name if png.parent == md.parent else str(png)
     md.write_text(markdown(run, rel))
     return png, md

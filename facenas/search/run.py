@@ -23,11 +23,12 @@ import numpy as np
 from facenas import __version__
 from facenas.config import EXECUTION_KEYS, Config, SearchSpec, resolved_dict, to_yaml
 from facenas.errors import JournalError, SearchAborted
+from facenas.search.constraints import LatencyBook, limits_for
 from facenas.search.evaluator import EpochMetrics, Evaluator
 from facenas.search.executor import CandidateFailed, Completion, Executor, Pool, Task, as_pool
-from facenas.search.journal import CandidateRecord, SQLiteJournal
+from facenas.search.journal import HISTORY, CandidateRecord, SQLiteJournal
 from facenas.search.speculate import TaskKey, plan, task_key
-from facenas.search.strategy import Candidate, Done, HistoryMismatch, SearchResult, walk
+from facenas.search.strategy import Candidate, Done, HistoryMismatch, Outcome, OverBudget, SearchResult, walk
 from facenas.space.arch import Profile
 from facenas.space.count import count_macs, count_params
 
@@ -73,13 +74,22 @@ def candidate_seed(run_seed: int, index: int) -> int:
 
 # -- the steps both strategies' loops take (egnas here, random in random_search.py) -------------------------------
 
+def latency_book(spec: SearchSpec, journal: SQLiteJournal) -> Optional[LatencyBook]:
+    """Where a search measures and keeps latencies: when a latency budget or `search.target.measure` asks."""
+    if spec.constraints.max_latency_ms is None and not spec.target.measure:
+        return None
+    return LatencyBook(journal, spec.target)
+
+
 def launch(journal: SQLiteJournal, events: SearchEvents, pool: Pool, index: int, candidate: Candidate,
-           run_seed: int) -> Task:
-    """Begin candidate `index` in the journal (off the path until the strategy reaches it) and submit it."""
+           run_seed: int, latency: Optional[LatencyBook] = None) -> Task:
+    """Begin candidate `index` in the journal (off the path until the strategy reaches it) and submit it; where the
+    search measures latencies, its latency is measured (or read from the journal) first."""
+    latency_ms = None if latency is None else latency(candidate.arch)
     params, macs = count_params(candidate.arch), count_macs(candidate.arch)
     cseed = candidate_seed(run_seed, index)
-    task = Task(journal.begin(index, candidate, params=params, macs=macs, seed=cseed, on_path=False), index,
-                candidate, cseed)
+    task = Task(journal.begin(index, candidate, params=params, macs=macs, seed=cseed, on_path=False,
+                              latency_ms=latency_ms), index, candidate, cseed)
     events.on_candidate_start(index, candidate, params, macs)
     pool.submit(task)
     return task
@@ -135,9 +145,19 @@ def epoch_logger(journal: SQLiteJournal, events: SearchEvents) -> Callable[[Task
     return on_epoch
 
 
+def skip(journal: SQLiteJournal, events: SearchEvents, index: int, candidate: Candidate, reason: str,
+         latency: Optional[LatencyBook] = None) -> CandidateRecord:
+    """Journal a candidate over budget as skipped, on the path; nothing trains (nor is measured for it)."""
+    rid = journal.skip(index, candidate, params=count_params(candidate.arch), macs=count_macs(candidate.arch),
+                       reason=reason, latency_ms=None if latency is None else latency.known(candidate.arch))
+    record = journal.record(rid)
+    events.on_candidate_end(index, record)
+    return record
+
+
 def run_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, journal: SQLiteJournal,
                executor: Union[Executor, Pool], *, seed: int, events: Optional[SearchEvents] = None,
-               max_consecutive_failures: int = 0) -> SearchResult:
+               max_consecutive_failures: int = 0, latency: Optional[LatencyBook] = None) -> SearchResult:
     """Run (or continue) a search until the strategy is done; returns its result.
 
     `executor` trains one candidate at a time, or is a `Pool` whose free slots the speculative scheduler
@@ -147,8 +167,13 @@ def run_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, journal
     With `max_consecutive_failures` > 0 the search stops (`SearchAborted`) after that many failures in a row on the
     path: that is a broken setup (a missing library, a full disk) rather than bad candidates, and training on would
     only fill the journal with failures.
+
+    With `search.constraints`, candidates over budget are journaled as skipped; latencies come from `latency`
+    (default: measured on `search.target` and kept in the journal).
     """
     events = events or SearchEvents()
+    latency = latency or latency_book(spec, journal)
+    limits = limits_for(spec.constraints, latency)
     pool = as_pool(evaluator, executor)
     history = journal.history()
     known = {task_key(r.index, r.candidate): r for r in journal.off_path()}
@@ -159,12 +184,16 @@ def run_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, journal
     try:
         while True:
             try:
-                head = walk(spec, profile, history).step
+                head = walk(spec, profile, history, limits).step
             except HistoryMismatch as exc:
                 raise JournalError(
                     f"{journal.path}: the journal does not follow this search configuration ({exc}); resume with the "
                     "config the run started with, or start a new run directory"
                 ) from None
+            if not isinstance(head, Done) and isinstance(head.judge, OverBudget):
+                skip(journal, events, head.index, head.candidate, head.judge.reason, latency)
+                history.append((head.candidate, Outcome.skip()))
+                continue
             if not isinstance(head, Done) and task_key(head.index, head.candidate) in known:
                 # the strategy has reached a result it has: adopt it onto the path and look again
                 record = known.pop(task_key(head.index, head.candidate))
@@ -173,14 +202,15 @@ def run_search(spec: SearchSpec, profile: Profile, evaluator: Evaluator, journal
                 events.on_candidate_end(head.index, journal.record(record.id))
                 failures_in_a_row = check_failures(record, failures_in_a_row, max_consecutive_failures)
                 continue
-            decided = plan(spec, profile, history, {k: r.outcome for k, r in known.items()}, running, pool.slots)
+            decided = plan(spec, profile, history, {k: r.outcome for k, r in known.items()}, running, pool.slots,
+                           limits=limits)
             for key in decided.cancel:
                 cancel(journal, events, pool, running.pop(key))
             if isinstance(head, Done):
                 events.on_done(head.result, journal.completed())
                 return head.result
             for index, candidate in decided.launch:
-                running[task_key(index, candidate)] = launch(journal, events, pool, index, candidate, seed)
+                running[task_key(index, candidate)] = launch(journal, events, pool, index, candidate, seed, latency)
             for done in pool.wait(on_epoch):
                 running.pop(task_key(done.task.index, done.task.candidate), None)
                 known[task_key(done.task.index, done.task.candidate)] = settle(journal, events, done)
@@ -218,6 +248,14 @@ def fingerprint_data(config: Config) -> dict[str, Any]:
         # keys added with the random strategy, without effect on an egnas run: its hash stays what it was before them
         data["search"].pop("strategy")
         data["search"].pop("random", None)
+    # deployment keys (issue 20): without constraints they change nothing a run proposes, and runs started before
+    # them keep their hash; the target enters only when a latency budget makes its measurements decide
+    constraints = data["search"].pop("constraints", {})
+    target = data["search"].pop("target", {})
+    if constraints:
+        data["search"]["constraints"] = constraints
+    if "max_latency_ms" in constraints:
+        data["search"]["target"] = {k: v for k, v in target.items() if k != "measure"}
     return data
 
 
@@ -315,7 +353,11 @@ def write_outputs(config: Config, result: SearchResult, records: list[CandidateR
     paths.best_arch.write_text(arch.to_json(indent=2) + "\n")
     phases: dict[str, dict[str, float]] = {}
     for r in records:
-        p = phases.setdefault(r.candidate.phase, {"candidates": 0, "failed": 0, "wall_s": 0.0, "epochs": 0})
+        p = phases.setdefault(r.candidate.phase, {"candidates": 0, "failed": 0, "skipped": 0, "wall_s": 0.0,
+                                                  "epochs": 0})
+        if r.status == "skipped":  # over budget: decided, never trained
+            p["skipped"] += 1
+            continue
         p["candidates"] += 1
         p["failed"] += r.status == "failed"
         p["wall_s"] += r.wall_s or 0.0
@@ -327,8 +369,9 @@ def write_outputs(config: Config, result: SearchResult, records: list[CandidateR
     summary = {
         "name": config.name, "task": config.task, "seed": config.seed, "protocol": protocol, "dataset": dataset,
         "evaluator": evaluator_info, "result": result.to_dict(), "arch": arch.to_dict(), "arch_short": arch.short(),
-        "params": count_params(arch), "macs": count_macs(arch), "candidates": len(records),
-        "failed": sum(r.status == "failed" for r in records), "phases": phases,
+        "params": count_params(arch), "macs": count_macs(arch),
+        "candidates": sum(r.status != "skipped" for r in records), "failed": sum(r.status == "failed" for r in records),
+        "skipped": sum(r.status == "skipped" for r in records), "phases": phases,
         "candidate_wall_s": sum(r.wall_s or 0.0 for r in records), "session_wall_s": elapsed_s,
         "facenas_version": __version__, **(extra or {}),
     }
@@ -383,7 +426,7 @@ def search_from_config(config: Config, *, events: Optional[SearchEvents] = None,
             result = run_search(config.search, profile, evaluator, journal, executor, seed=config.seed, events=events,
                                 max_consecutive_failures=config.run.max_consecutive_failures)
         records = journal.records()
-    completed_records = [r for r in records if r.status in ("finished", "failed") and r.on_path]
+    completed_records = [r for r in records if r.status in HISTORY and r.on_path]
     # speculative work (run.workers > 1) that the strategy never reached: trained to the end, or cancelled on the way
     ahead = [r for r in records if not r.on_path and r.status in ("finished", "failed", "cancelled")]
     attempts = {

@@ -21,11 +21,14 @@ import heapq
 import itertools
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Collection, Mapping, Optional, Sequence
 
 from facenas.config import SearchSpec
-from facenas.search.strategy import Candidate, Done, Outcome, Propose, walk
+from facenas.search.strategy import Candidate, Done, Outcome, OverBudget, Propose, walk
 from facenas.space.arch import Profile
+
+if TYPE_CHECKING:
+    from facenas.search.constraints import Limits
 
 #: (index, candidate.key()): one unit of work. Two tasks with the same key train identically.
 TaskKey = tuple[int, tuple]
@@ -62,13 +65,14 @@ class _Node:
 
 def plan(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, Outcome]],
          known: Mapping[TaskKey, Outcome], running: Collection[TaskKey], slots: int,
-         budget: int | None = None) -> Plan:
+         budget: int | None = None, limits: Optional[Limits] = None) -> Plan:
     """Decide which candidates to start on `slots - len(running)` free workers and which running ones to cancel.
 
     `history` is the path so far, `known` the results of finished candidates the strategy has not reached, `running`
-    the work in flight. At most `budget` futures are expanded (default 4 per slot, plus 8).
+    the work in flight. At most `budget` futures are expanded (default 4 per slot, plus 8). A candidate over the
+    search's budget (`limits`) is no work: its futures go on through its one outcome, skipped.
     """
-    root = walk(spec, profile, history)
+    root = walk(spec, profile, history, limits)
     if isinstance(root.step, Done):
         return Plan(root.step, (), tuple(running), {})
     if slots == 1 and not running:  # a serial search: the head is the only work there is
@@ -81,6 +85,9 @@ def plan(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, 
     heap: list[_Node] = []
 
     def add(prob: float, hist: tuple[tuple[Candidate, Outcome], ...], step: Propose | Done) -> None:
+        while isinstance(step, Propose) and isinstance(step.judge, OverBudget):
+            hist = hist + ((step.candidate, Outcome.skip()),)
+            step = walk(spec, profile, hist, limits).step
         if isinstance(step, Done):
             return
         key = task_key(step.index, step.candidate)
@@ -103,7 +110,7 @@ def plan(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, 
             branches = [(odds[label], outcome) for label, outcome in probes.items()]
         for p, outcome in branches:
             hist = node.history + ((step.candidate, outcome),)
-            add(node.prob * p, hist, walk(spec, profile, hist).step)
+            add(node.prob * p, hist, walk(spec, profile, hist, limits).step)
         expanded += 1
 
     cancel = tuple(k for k in running if need.get(k, 0.0) == 0.0)

@@ -19,19 +19,29 @@ Exactness notes (all from the authors' code):
 
 A failed candidate (NaN loss, exception) scores as a failure: it is never accepted, counts as a clear drop in the
 macro phases and is reverted in the micro phases.
+
+Budgets (`search.constraints`, `facenas.search.constraints.Limits`): a candidate over budget is proposed with the
+`OverBudget` judge, which the runner journals as skipped without training it. The depth phase stops growing at the
+first deeper net over budget; a narrower net over budget counts as a failure; a micro change over budget is
+reverted. Skipped candidates do not advance the epoch counter. Without limits nothing is ever skipped, and every
+path is the authors'.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Generator, Sequence, Union
+from typing import TYPE_CHECKING, Generator, Optional, Sequence, Union
 
 import numpy as np
 
 from facenas.config import SearchSpec, decision_rules, micro_epochs
+from facenas.errors import ConfigError
 from facenas.space.arch import OP_CONV, Arch, Profile
 from facenas.space.count import params_m
+
+if TYPE_CHECKING:
+    from facenas.search.constraints import Limits
 
 PHASES = ("depth", "width", "ops", "kernels")
 
@@ -64,10 +74,15 @@ class Outcome:
     score: float | None
     train_score: float | None = None
     failed: bool = False
+    skipped: bool = False  # over budget: never trained
 
     @classmethod
     def failure(cls) -> "Outcome":
         return cls(None, None, True)
+
+    @classmethod
+    def skip(cls) -> "Outcome":
+        return cls(None, None, False, True)
 
 
 @dataclass(frozen=True)
@@ -147,7 +162,7 @@ class _Scores:
 # each verdict, which lets a scheduler ask the strategy what it would propose next under every outcome that matters
 # before the outcome is known (speculative execution, `facenas.search.speculate`).
 
-MEASURED, ACCEPT, KEEP, FAIL, REJECT = "measured", "accept", "keep", "fail", "reject"
+MEASURED, ACCEPT, KEEP, FAIL, REJECT, SKIP = "measured", "accept", "keep", "fail", "reject", "skip"
 
 
 @dataclass(frozen=True)
@@ -224,6 +239,19 @@ class MicroJudge(Judge):
 
 
 @dataclass(frozen=True)
+class OverBudget(Judge):
+    """A candidate over the search's budget (`reason` says which): journaled as skipped, never trained."""
+
+    reason: str
+
+    def verdict(self, outcome: Outcome) -> str:
+        return SKIP
+
+    def _raw_probes(self) -> dict[str, Outcome]:
+        return {SKIP: Outcome.skip()}
+
+
+@dataclass(frozen=True)
 class Proposal:
     """What the strategy yields: the candidate and the judge of its outcome."""
 
@@ -251,27 +279,39 @@ def _as_float(x: np.floating | None) -> float | None:
     return float(x)
 
 
-def search(spec: SearchSpec, profile: Profile) -> Generator[Proposal, Outcome, SearchResult]:
+def search(spec: SearchSpec, profile: Profile, limits: Optional[Limits] = None
+           ) -> Generator[Proposal, Outcome, SearchResult]:
     """The whole search as a coroutine: yields proposals (candidate and judge), receives outcomes, returns the
-    result."""
+    result. With `limits`, candidates over budget come with the `OverBudget` judge."""
     s = _Scores(spec.score_dtype)
     d, w, m = spec.depth, spec.width, spec.micro
     rules = decision_rules(spec)
 
+    def over(arch: Arch) -> Optional[str]:
+        return None if limits is None else limits.over(arch)
+
     # -- 1. depth ---------------------------------------------------------------------------------------------
     depth = d.first
     epochs = d.start_epochs
-    out = yield Proposal(Candidate("depth", Arch.uniform(w.first, depth, profile), epochs), Judge("depth", s))
+    first = Arch.uniform(w.first, depth, profile)
+    if (reason := over(first)) is not None:
+        raise ConfigError(f"search.constraints: the search's first candidate, {first.short()}, is already over "
+                          f"budget ({reason}); raise the budget, or lower search.width.max or search.depth.min")
+    out = yield Proposal(Candidate("depth", first, epochs), Judge("depth", s))
     best_depth, best_val, best_train = depth, s.of(out), s.train_of(out)
     fails = 0
     target = s(spec.target_accuracy - spec.target_tolerance)
     while best_val < target and depth < d.max:
         if best_train == s(100):
             break
+        deeper = Arch.uniform(w.first, min(depth + d.step, d.max), profile)
+        if (reason := over(deeper)) is not None:  # the depth phase stops growing at the budget
+            yield Proposal(Candidate("depth", deeper, epochs + d.epoch_step), OverBudget("depth", s, reason))
+            break
         epochs += d.epoch_step
-        depth = min(depth + d.step, d.max)
+        depth = deeper.depth
         judge = DepthJudge("depth", s, best_val, rules.depth_gain, rules.depth_drop)
-        out = yield Proposal(Candidate("depth", Arch.uniform(w.first, depth, profile), epochs), judge)
+        out = yield Proposal(Candidate("depth", deeper, epochs), judge)
         verdict = judge.verdict(out)
         if verdict == ACCEPT:
             best_depth, best_val, best_train, fails = depth, s.of(out), s.train_of(out), 0
@@ -288,10 +328,16 @@ def search(spec: SearchSpec, profile: Profile) -> Generator[Proposal, Outcome, S
     fails = 0
     while width > w.min:
         width -= w.step
-        epochs += w.epoch_step
-        judge = WidthJudge("width", s, best_val, rules.width_tolerance)
-        out = yield Proposal(Candidate("width", Arch.uniform(width, best_depth, profile), epochs), judge)
-        if judge.verdict(out) == ACCEPT:
+        narrower = Arch.uniform(width, best_depth, profile)
+        if (reason := over(narrower)) is not None:  # a failure (a latency measured over budget, say)
+            yield Proposal(Candidate("width", narrower, epochs + w.epoch_step), OverBudget("width", s, reason))
+            verdict = FAIL
+        else:
+            epochs += w.epoch_step
+            judge = WidthJudge("width", s, best_val, rules.width_tolerance)
+            out = yield Proposal(Candidate("width", narrower, epochs), judge)
+            verdict = judge.verdict(out)
+        if verdict == ACCEPT:
             best_val, best_train = s.of(out), s.train_of(out)
             macro_width, macro_epochs, fails = width, epochs, 0
         elif fails != w.break_count:
@@ -314,6 +360,9 @@ def search(spec: SearchSpec, profile: Profile) -> Generator[Proposal, Outcome, S
             trial = _match_params(current.with_width(macro_width).with_op(layer, OP_CONV), budget, m.param_slack_m)
             if trial is None:
                 continue
+            if (reason := over(trial)) is not None:
+                yield Proposal(Candidate("ops", trial, m_epochs), OverBudget("ops", s, reason))
+                continue
             judge = MicroJudge("ops", s, current_val, rules.micro_gain)
             out = yield Proposal(Candidate("ops", trial, m_epochs), judge)
             if judge.verdict(out) == ACCEPT:
@@ -335,6 +384,9 @@ def search(spec: SearchSpec, profile: Profile) -> Generator[Proposal, Outcome, S
                 if trial is None:
                     continue
                 trial_width = trial.width
+                if (reason := over(trial)) is not None:
+                    yield Proposal(Candidate("kernels", trial, m_epochs), OverBudget("kernels", s, reason))
+                    continue
                 judge = MicroJudge("kernels", s, current_val, rules.micro_gain)
                 out = yield Proposal(Candidate("kernels", trial, m_epochs), judge)
                 if judge.verdict(out) == ACCEPT:
@@ -357,12 +409,13 @@ class Walk:
     verdicts: tuple[tuple[str, str], ...]  # (judge kind, verdict) per history entry, in order
 
 
-def walk(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, Outcome]]) -> Walk:
+def walk(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, Outcome]],
+         limits: Optional[Limits] = None) -> Walk:
     """Run the strategy over `history` (finished candidates in order): what it proposes next, or its result.
 
     Raises `HistoryMismatch` where the history is not a path this strategy could have taken.
     """
-    gen = search(spec, profile)
+    gen = search(spec, profile, limits)
     consumed = 0
     verdicts: list[tuple[str, str]] = []
     try:
@@ -381,9 +434,10 @@ def walk(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, 
     return Walk(Propose(proposal.candidate, consumed, proposal.judge), tuple(verdicts))
 
 
-def next_step(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, Outcome]]) -> Step:
+def next_step(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, Outcome]],
+              limits: Optional[Limits] = None) -> Step:
     """The next candidate after `history` (finished candidates in order), or the result when the search is done.
 
     Raises `HistoryMismatch` where the history is not a path this strategy could have taken.
     """
-    return walk(spec, profile, history).step
+    return walk(spec, profile, history, limits).step

@@ -23,7 +23,7 @@ import numpy as np
 
 from facenas.data.faces.images import norm_crop
 from facenas.evaluate.metrics import l2_normalize
-from facenas.evaluate.verify import OnnxEmbedder
+from facenas.evaluate.verify import OnnxEmbedder, session_options
 from facenas.export.card import ModelCard, read_card, sha256_file
 from facenas.serve.batching import BatchingEmbedder
 from facenas.serve.detectors import load_detector
@@ -112,18 +112,6 @@ class Face:
         points = None if self.landmarks is None else np.round(self.landmarks, 1).tolist()
         return {"box": self.box, "aligned": self.aligned, "detector": self.detector, "landmarks": points,
                 "note": HAAR_NOTE if self.detector == "haar" else None}
-
-
-def session_options(threads: int) -> Any:
-    """onnxruntime options for serving: `threads` intra-op threads (0: one per core) that sleep instead of
-    spinning between calls, since between two batches the cores belong to HTTP parsing and image decoding."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
 
 
 class FaceEngine:

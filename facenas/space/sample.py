@@ -15,6 +15,7 @@ only waste draws). Counts are closed-form (`facenas.space.count`), so thousands 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -113,8 +114,9 @@ def draw_choices(space: SearchSpace, rng: np.random.Generator) -> Arch:
 
 
 def sample_archs(space: SearchSpace, target: int, seed: int, count: int = 1, tolerance: float = DEFAULT_TOLERANCE,
-                 max_tries: int = MAX_TRIES) -> list[Arch]:
-    """`count` distinct random architectures within `tolerance` (relative) of `target` parameters.
+                 max_tries: int = MAX_TRIES, within: Optional[Callable[[Arch], bool]] = None) -> list[Arch]:
+    """`count` distinct random architectures within `tolerance` (relative) of `target` parameters, and within a
+    budget where `within` says so (a draw it refuses is drawn again: the sample is uniform over the part inside).
 
     The same seed gives the same list every time, and a shorter list is a prefix of a longer one (the draws come
     in order from one generator). Raises `ArchError` when `max_tries` draws per architecture asked for do not
@@ -134,6 +136,7 @@ def sample_archs(space: SearchSpace, target: int, seed: int, count: int = 1, tol
     found: list[Arch] = []
     seen: set[Arch] = set()
     smallest: tuple[int, int] | None = None  # (params at width 1, depth) of the smallest draw
+    refused = 0  # of the right size, but over the budget
     tries = max_tries * count
     for i in range(tries):
         if i == max_tries and not found:
@@ -148,15 +151,21 @@ def sample_archs(space: SearchSpace, target: int, seed: int, count: int = 1, tol
         arch, params = solve_width(choices, target)
         if abs(params - target) <= tolerance * target and arch not in seen:
             seen.add(arch)
+            if within is not None and not within(arch):
+                refused += 1
+                continue
             found.append(arch)
             if len(found) == count:
                 return found
     assert smallest is not None
-    want = f"{target:,} parameters (within {tolerance:.1%})"
+    want = f"{target:,} parameters (within {tolerance:.1%})" + (" and the budget" if within is not None else "")
     if smallest[0] > high:
         raise ArchError(f"cannot draw an architecture of {want} in this space ({space.describe()}): even at width 1 "
                         f"the smallest of {tries:,} draws has {smallest[0]:,} parameters (depth {smallest[1]}); "
                         f"raise --params or lower search.depth.min")
+    if not found and refused:
+        raise ArchError(f"the {refused:,} distinct architectures of {target:,} parameters drawn were all over the "
+                        "budget; raise it, or lower --params")
     if not found:
         raise ArchError(f"none of {tries:,} draws came within {want} in this space ({space.describe()}): near this "
                         f"size one channel more or less moves the count by more than the tolerance; raise "

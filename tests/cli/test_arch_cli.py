@@ -83,3 +83,22 @@ def test_random_impossible_target_is_one_line_and_exit_2():
 def test_arch_without_a_subcommand_lists_show_and_random():
     result = runner.invoke(app, ["arch"])
     assert "show" in result.output and "random" in result.output
+
+
+def test_random_under_a_latency_budget_measures_and_keeps_only_fast_architectures(monkeypatch):
+    """--max-latency-ms: every architecture printed was measured under the budget (a MACs-proportional clock)."""
+    from facenas.export import latency
+    from facenas.space.count import count_macs
+    from tests.search.test_constraints import FakeLatency
+
+    monkeypatch.setattr(latency, "arch_latency", lambda arch, target: FakeLatency(count_macs(arch) / 1e6))
+    free = [Arch.from_json(line) for line in _random("--params", "100000", "--seed", "3", "--count", "6", "-c",
+                                                       FACES).stdout.splitlines()]
+    budget = sorted(count_macs(a) / 1e6 for a in free)[2]
+    result = _random("--params", "100000", "--seed", "3", "--count", "2", "-c", FACES, "--max-latency-ms",
+                     f"{budget:.6f}")
+    assert result.exit_code == 0, result.output
+    archs = [Arch.from_json(line) for line in result.stdout.splitlines()]
+    assert len(archs) == 2 and all(count_macs(a) / 1e6 <= budget + 1e-6 for a in archs) and " ms " in result.stderr
+    bad = _random("--params", "100000", "--seed", "3", "-c", FACES, "--max-latency-ms", "0")
+    assert bad.exit_code == 2 and "max_latency_ms" in bad.output and "Traceback" not in bad.output

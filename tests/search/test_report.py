@@ -88,7 +88,7 @@ def test_accepted_candidates_are_the_strategys_decisions(tmp_path):
     assert [d.incumbent for d in run.decisions if d.phase == "width"] == pytest.approx([90.5, 90.5, 90.5, 90.6])
     assert all(d.band is None for d in run.decisions) and noise_band(run.decisions) == []
     rows = table_rows(run.decisions)
-    assert rows[5][8:] == ("failed", "no") and rows[0][9] == "baseline" and rows[1][9] == "yes"
+    assert rows[5][9:] == ("failed", "no") and rows[0][10] == "baseline" and rows[1][10] == "yes"
     text = markdown(run)
     assert "search finished" in text and "## Noise" not in text and "| 3 | depth | 6 | 16 |" in text
     assert config.search.depth.accept_gain == 0.1
@@ -157,3 +157,34 @@ def test_decisions_of_no_records_are_empty_and_a_face_score_is_described(tiny_fa
     assert decisions(parse_config({}).search, []) == []
     assert score_description(parse_config(tiny_face_config_data)) == (
         "accuracy on balanced pairs of 10 held-out identities, the best epoch")
+
+
+def test_a_constrained_run_reports_skipped_candidates_and_score_against_latency(tmp_path):
+    """Latency beside each candidate, the skipped ones with their reason, the front, and the plot."""
+    from facenas.search.constraints import LatencyBook
+    from facenas.search.report import latency_front
+    from facenas.space.count import count_macs
+    from tests.search.test_constraints import MacsClock
+
+    budget = count_macs(Arch.uniform(16, 7, PROFILE)) / 1e6 * 0.99  # D7 and deeper are over
+    root = tmp_path / "run"
+    config = parse_config({"name": "latency", "search": {**SEARCH, "constraints": {"max_latency_ms": budget}},
+                           "run": {"out": str(root)}})
+    root.mkdir()
+    RunPaths(root).config.write_text(to_yaml(config))
+    with SQLiteJournal(RunPaths(root).journal) as journal:
+        run_search(config.search, PROFILE, Scripted(), journal, InlineExecutor(), seed=0,
+                   latency=LatencyBook(journal, config.search.target, measure=MacsClock()))
+    run = load_run(root)
+    skipped = [d for d in run.decisions if d.verdict == "skipped"]
+    assert run.result is not None and [d.depth for d in skipped if d.phase == "depth"] == [7]
+    assert all("over budget: latency" in d.words and "max_latency_ms" in d.words for d in skipped)
+    trained = [d for d in run.decisions if d.verdict != "skipped"]
+    assert all(d.latency_ms is not None and d.latency_ms <= budget for d in trained)
+    front = latency_front(run.decisions)
+    assert front and all(a.latency_ms <= b.latency_ms and a.score < b.score for a, b in zip(front, front[1:]))
+    assert all(not (d.latency_ms < f.latency_ms and d.score > f.score) for d in trained for f in front)
+    png, md = write_report(root)
+    text = md.read_text()
+    assert "## Score against latency" in text and f"max_latency_ms {budget:g}" in text
+    assert (root / "latency.png").stat().st_size > 10_000 and "skipped, over budget" in text

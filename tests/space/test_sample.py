@@ -98,3 +98,16 @@ def test_an_impossible_target_says_why():
         sample_archs(tiny, 10_000, seed=0, count=2, max_tries=50)
     with pytest.raises(ArchError, match="must be >= 1"):
         sample_archs(tiny, 0, seed=0)
+
+
+def test_a_budget_keeps_only_the_draws_inside_it_and_says_when_none_is():
+    from facenas.space.count import count_macs
+
+    space = _space()
+    free = sample_archs(space, 100_000, seed=5, count=8)
+    cap = sorted(count_macs(a) for a in free)[3]  # about half of the free draws are inside
+    inside = sample_archs(space, 100_000, seed=5, count=4, within=lambda a: count_macs(a) <= cap)
+    assert len(set(inside)) == 4 and all(count_macs(a) <= cap for a in inside)
+    assert [a for a in free if count_macs(a) <= cap][:2] == inside[:2]  # the same stream, the refused left out
+    with pytest.raises(ArchError, match="all over the budget"):
+        sample_archs(space, 100_000, seed=5, within=lambda a: False, max_tries=50)
