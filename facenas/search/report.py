@@ -220,20 +220,15 @@ def decisions(spec: SearchSpec, records: Sequence[CandidateRecord]) -> list[Deci
         key = _macro_key if macro else _micro_key
         inc_before = before.macro_score if macro else before.micro_score
         score = None if r.status == "failed" or r.score is None or not math.isfinite(r.score) else r.score
-        if r.status == "skipped":
-            out.append(Decision(
-                index=r.index, phase=c.phase, depth=c.arch.depth, width=c.arch.width, epochs=c.epochs,
-                params=r.params, arch=c.arch.short(), status=r.status, score=None, train_score=None,
-                verdict="skipped", incumbent=None, words=f"{c.arch.short()} skipped, over budget: {r.error}",
-                latency_ms=r.latency_ms))
-            continue
-        if key(after) != key(before):
+        if r.status == "skipped":  # over budget: decided without training, compared with nothing
+            verdict = "skipped"
+        elif key(after) != key(before):
             verdict = "accepted"
         elif r.index in baselines:
             verdict = "baseline"
         else:
             verdict = "failed" if score is None else "rejected"
-        compared = None if verdict == "baseline" else inc_before
+        compared = None if verdict in ("baseline", "skipped") else inc_before
         band = z = None
         if se is not None and compared is not None:
             below, above = phase_thresholds(rules, c.phase)
@@ -243,8 +238,9 @@ def decisions(spec: SearchSpec, records: Sequence[CandidateRecord]) -> list[Deci
         out.append(Decision(
             index=r.index, phase=c.phase, depth=c.arch.depth, width=c.arch.width, epochs=c.epochs, params=r.params,
             arch=c.arch.short(), status=r.status, score=score, train_score=r.train_score, verdict=verdict,
-            incumbent=compared, words=_words(c, verdict, score, compared, before, rules, dtype), band=band, z=z,
-            latency_ms=r.latency_ms))
+            incumbent=compared, band=band, z=z, latency_ms=r.latency_ms,
+            words=(f"{c.arch.short()} skipped, over budget: {r.error}" if verdict == "skipped"
+                   else _words(c, verdict, score, compared, before, rules, dtype))))
     return out
 
 
