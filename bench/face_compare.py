@@ -340,12 +340,14 @@ def train_one(model: dict[str, Any], seed: int, config_path: str, face_source: O
 
 
 def jobs_for(models: list[dict[str, Any]], seeds: int, curve_seeds: int) -> list[tuple[dict[str, Any], int]]:
-    """The distinct trainings: (a model standing for its run folder, seed), the comparison's first."""
+    """The distinct trainings: (a model standing for its run folder, seed), seed by seed, every seed of the
+    comparison before the size curve's own trainings, so that a comparison cut short has whole models to report."""
     jobs: dict[tuple[str, int], tuple[dict[str, Any], int]] = {}
-    for seed in range(max(seeds, curve_seeds)):
-        for m in models:
-            if seed < (curve_seeds if m.get("role") == "curve" else seeds):
-                jobs.setdefault((m["runs_as"], seed), (m, seed))
+    for curve in (False, True):
+        for seed in range(curve_seeds if curve else seeds):
+            for m in models:
+                if (m.get("role") == "curve") == curve:
+                    jobs.setdefault((m["runs_as"], seed), (m, seed))
     return list(jobs.values())
 
 

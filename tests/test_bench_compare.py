@@ -108,6 +108,8 @@ def test_size_curve_plan_draws_random_and_scaled_nets_and_shares_the_x1_runs(tmp
     jobs = fc.jobs_for(models, seeds=3, curve_seeds=2)
     # 3 models x 3 seeds, and 4 curve models of their own x 2 seeds; the x1 points add none
     assert len(jobs) == 3 * 3 + 4 * 2 and len({(m["runs_as"], s) for m, s in jobs}) == len(jobs)
+    roles = [m.get("role") == "curve" for m, _ in jobs]
+    assert roles == sorted(roles)  # every seed of the comparison first: a cut-short run has whole models
 
 
 def test_tier_bounds_skip_only_impossible_width_ranges(lfw_archs):
