@@ -30,8 +30,11 @@ Prints and writes bench/results/face_compare-<config name>.json: every training 
 error over the 10 folds, AUC, EER, TAR@FAR, held-out accuracy, final train accuracy, wall time), per model the mean
 and standard error over seeds, the search's result against each other model (difference of means with the standard
 error of the difference, Welch, and whether it exceeds 2 standard errors), the search against random search spelt
-out, and the size curve (also plotted to bench/results/face_size_curve-<config name>.png). `--dry-run` prints the
-plan (models, sizes, parameter counts, which trainings are already done) and trains nothing.
+out, and the size curve (also plotted to bench/results/face_size_curve-<config name>.png). `--latency` adds each
+model's latency on the config's `search.target`, and `--set search.constraints.max_latency_ms=...` draws the random
+nets inside that budget: the comparison a constrained search's result needs. `--dry-run` prints the plan (models,
+sizes, parameter counts, which trainings are already done) and trains nothing. A run folder belongs to one
+comparison: a model's folder that holds another net's training is an error, never a silent reuse.
 """
 
 from __future__ import annotations
@@ -54,7 +57,10 @@ import numpy as np
 
 from facenas.config import load_config, parse_override
 from facenas.errors import ArchError
+from facenas.export.latency import arch_latency, latency_report
 from facenas.models.backbones import backbone_param_count, match_width
+from facenas.models.checkpoint import load_face_model
+from facenas.search.constraints import limits_for
 from facenas.space.arch import Arch
 from facenas.space.count import count_params
 from facenas.space.sample import SearchSpace, sample_archs, solve_width, space_from_config
@@ -162,7 +168,9 @@ def plan(config_path: str, arch_path: Path, overrides: dict[str, Any], random_co
     """The models to train (label, role, extra CLI arguments, parameters, ...) and the search result's count.
 
     Random architectures come from the search's own widths only (as `facenas fidelity` draws): a wider or narrower
-    net is not of the space the search chose from at this size.
+    net is not of the space the search chose from at this size. Under the config's `search.constraints` (e.g.
+    `--set search.constraints.max_latency_ms=0.8`, a constrained search's budget) they are drawn inside the budget,
+    as `facenas arch random --max-latency-ms` draws.
     """
     config = load_config(config_path, overrides)
     found = retarget(Arch.from_json(arch_path.read_text()), config)
@@ -175,12 +183,15 @@ def plan(config_path: str, arch_path: Path, overrides: dict[str, Any], random_co
                        "params": count_params(rival), "arch": rival.short(), "key": "arch:" + rival.to_json(),
                        "relative_to_target": (count_params(rival) - target) / target})
     space, w = space_from_config(config, found.profile), config.search.width
+    limits = limits_for(config.search.constraints, lambda a: arch_latency(a, config.search.target).median_ms)
     if random_count > 0:
         drawn = draw_random(space, target, random_seed, random_count, tolerance,
-                            lambda a: a != found and w.min <= a.width <= w.first)
+                            lambda a: a != found and w.min <= a.width <= w.first
+                            and (limits is None or limits.over(a) is None))
         if len(drawn) < random_count:
+            budget = " and search.constraints" if limits is not None else ""
             raise SystemExit(f"only {len(drawn)} random architectures at {target:,} parameters (+-{tolerance:.0%}) "
-                             f"within widths {w.min}..{w.first}; ask for fewer or widen --tolerance")
+                             f"within widths {w.min}..{w.first}{budget}; ask for fewer or widen --tolerance")
         for k, arch in enumerate(drawn):
             models.append(_arch_model(f"random-{k}", "random", arch,
                                       folder / "archs" / f"random_{random_seed}_{k}.json"))
@@ -327,6 +338,9 @@ def train_one(model: dict[str, Any], seed: int, config_path: str, face_source: O
         (out / "wall_s.txt").write_text(f"{time.perf_counter() - began:.1f}\n")
         print(f"{label} seed {seed}: done in {time.perf_counter() - began:.0f} s", flush=True)
     report = json.loads(report_path.read_text())
+    if report.get("arch_short") != model["arch"]:
+        raise RuntimeError(f"{out} holds a training of {report.get('arch_short')}, not of {label}'s {model['arch']}: "
+                           "another comparison used this run folder; give this one its own --runs")
     wall = out / "wall_s.txt"
     test = report["test_people"]
     if test is None:
@@ -337,6 +351,22 @@ def train_one(model: dict[str, Any], seed: int, config_path: str, face_source: O
                      "auc": test["auc"], "eer": 100 * test["eer"], "tar_at_far": test["tar_at_far"]},
             "heldout_accuracy": report["heldout_accuracy"], "train_accuracy": final_train_accuracy(out, report),
             "wall_s": float(wall.read_text()) if wall.exists() else report["session_wall_s"]}
+
+
+def measure_latency(models: list[dict[str, Any]], folder: Path, target: Any, rounds: int = 3
+                    ) -> dict[str, dict[str, Any]]:
+    """Each compared model's latency on `target` (the config's `search.target`), measured on its seed-0 `model.pt`
+    exactly as `facenas export` times the exported file. Of `rounds` measurements the least disturbed (lowest
+    median) is kept: the trainings are over by then, but other work on the machine only ever adds time."""
+    out = {}
+    for m in models:
+        if m.get("role") == "curve":
+            continue
+        _, network, _ = load_face_model(folder / m["runs_as"] / "seed0" / "model.pt")
+        best = min((arch_latency(network, target) for _ in range(rounds)), key=lambda t: t.median_ms)
+        out[m["label"]] = latency_report(best, target)
+        print(f"{m['label']}: {best.median_ms:.3f} ms (interquartile range {best.spread_ms:.3f})", flush=True)
+    return out
 
 
 def jobs_for(models: list[dict[str, Any]], seeds: int, curve_seeds: int) -> list[tuple[dict[str, Any], int]]:
@@ -517,15 +547,16 @@ def _pm(x: dict[str, float], digits: int, width: int) -> str:
 
 def report_lines(result: dict[str, Any]) -> list[str]:
     """The printout of a finished comparison (a function of the JSON alone, so that it can be redone from it)."""
-    summary, models = result["summary"], result["models"]
+    summary, models, latency = result["summary"], result["models"], result.get("latency") or {}
     lines = [f"{'model':16s} {'params':>8s}  {'test accuracy':>16s}  {'test AUC':>17s}  {'train acc':>16s}  "
-             f"{'wall s':>7s}"]
+             f"{'wall s':>7s}" + ("  latency ms (IQR)" if latency else "")]
     for m in models:
         if m.get("role") == "curve":
             continue
-        s = summary[m["label"]]
+        s, t = summary[m["label"]], latency.get(m["label"])
+        ms = f"  {t['median_ms']:7.3f} ({t['spread_ms']:.3f})" if t else ""
         lines.append(f"{m['label']:16s} {s['params']:>8,}  {_pm(s['accuracy'], 2, 7)}  {_pm(s['auc'], 4, 7)}  "
-                     f"{_pm(s['train_accuracy'], 2, 7)}  {s['wall_s']['mean']:7.0f}{_flag(s)}")
+                     f"{_pm(s['train_accuracy'], 2, 7)}  {s['wall_s']['mean']:7.0f}{ms}{_flag(s)}")
     if any(summary[m["label"]]["trained"] is False for m in models if m.get("role") != "curve"):
         lines.append(FLAG_NOTE)
     for m in models:
@@ -605,6 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help="the JSON (default bench/results/face_compare-<name>.json)")
     parser.add_argument("--plot", default=None, help="the size curve's plot "
                         "(default bench/results/face_size_curve-<name>.png)")
+    parser.add_argument("--latency", action="store_true", help="after training, time every compared model on the "
+                        "config's search.target (onnxruntime, as `facenas export` and a constrained search do)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and train nothing (only the drawn "
                         "architectures' JSON files are written)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key")
@@ -645,6 +678,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     summary = summarise(runs)
     main_labels = [m["label"] for m in models if m.get("role") != "curve"]
     versus = against(summary, labels=main_labels)
+    config = load_config(args.config, overrides)
+    latency = measure_latency(models, folder, config.search.target) if args.latency else None
     rival = None
     if "random-search" in versus:
         rival = {**versus["random-search"], "verdict": verdict(versus["random-search"], "random-search")}
@@ -662,7 +697,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "baselines": baselines, "trained_below": TRAINED_BELOW,
         "set": args.set, "jobs": args.jobs, "threads": args.threads, "wall_s": time.perf_counter() - began,
         "models": models, "summary": {k: v for k, v in summary.items() if k in main_labels},
-        "search_minus": versus, "search_vs_random_search": rival, "size_curve": curve,
+        "search_minus": versus, "search_vs_random_search": rival, "size_curve": curve, "latency": latency,
         "curve_summary": {k: v for k, v in summary.items() if k not in main_labels},
         "runs": [r for r in runs if r["label"] in main_labels],
         "trainings": trained}

@@ -69,6 +69,21 @@ def test_plan_names_every_model_at_the_search_results_size(tmp_path, lfw_archs):
     assert again == models
 
 
+def test_random_nets_are_drawn_inside_the_configs_budget(tmp_path, lfw_archs):
+    """Under `search.constraints` (a constrained search's budget), the random nets lie inside it: here MACs, which
+    need no clock; a latency budget goes through the same `limits_for` with onnxruntime's measurement."""
+    from facenas.space.count import count_macs
+
+    search, _ = lfw_archs
+    free, _ = fc.plan(ROOT / LFW_COMPARE, search, {}, 3, 0, tmp_path / "free", 0.03, baselines=[])
+    macs = sorted(count_macs(Arch.from_json(Path(m["args"][1]).read_text())) for m in free[1:])
+    assert macs[1] < macs[2]
+    budget = {"search.constraints.max_macs": macs[1]}  # the costliest of the free draws is over it
+    held, _ = fc.plan(ROOT / LFW_COMPARE, search, budget, 2, 0, tmp_path / "held", 0.03, baselines=[])
+    drawn = [Arch.from_json(Path(m["args"][1]).read_text()) for m in held[1:]]
+    assert len(drawn) == 2 and all(count_macs(a) <= macs[1] for a in drawn)
+
+
 @pytest.mark.parametrize("target, reachable", [(20_000, False), (100_000, True), (300_000, True)])
 def test_iresnet18_reaches_budgets_from_its_smallest_width_up(target, reachable):
     model = fc.baseline_model(ROOT / LFW_COMPARE, {}, "iresnet18", target)
@@ -237,3 +252,14 @@ def test_end_to_end_on_synthetic_faces_then_resumed_without_training(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "done in" not in again.stdout and "3 trainings (3 already done)" in again.stdout
     assert json.loads(out.read_text())["summary"] == summary
+    # --latency: each compared model's seed-0 file timed on the config's search.target, printed beside its scores
+    timed = subprocess.run([*cmd, "--latency", "--set", "search.target.repeats=5"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert timed.returncode == 0, timed.stderr[-3000:]
+    latency = json.loads(out.read_text())["latency"]
+    assert set(latency) == set(summary) and all(t["median_ms"] > 0 and t["repeats"] == 5 for t in latency.values())
+    assert "latency ms" in timed.stdout
+    # another comparison in the same run folder: its models' folders hold other nets, which it must not report
+    swapped = [*cmd[:3], str(rival), "--random-search", str(search), *cmd[6:]]
+    clash = subprocess.run(swapped, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert clash.returncode != 0 and "give this one its own --runs" in clash.stderr, clash.stderr[-3000:]

@@ -306,6 +306,63 @@ def arch_random(
         out.print(str(path), markup=False, highlight=False)
 
 
+@arch_app.command("latency")
+def arch_latency_cmd(
+    path: Optional[Path] = typer.Argument(None, help="architecture JSON (e.g. a search's best_arch.json)"),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="model.backbone: a hand design instead "
+                                           "(mobilefacenet, iresnet18, ...), at the config's face profile"),
+    backbone_params: Optional[int] = typer.Option(None, "--backbone-params", min=1, help="model.backbone_params: "
+                                                  "scale --backbone to this many parameters"),
+    backbone_width: Optional[float] = typer.Option(None, "--backbone-width", min=0.0, help="model.backbone_width"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="a config: its search.target and face "
+                                          "profile (default: the face defaults)"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=256, help="search.target.threads"),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, max=1024, help="search.target.batch"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="search.target.precision: fp32 or int8"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", min=5, max=10_000, help="search.target.repeats"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Measure a network's latency on the search's target, as a constrained search measures a candidate: the
+    figure to set search.constraints.max_latency_ms from (e.g. MobileFaceNet's at the size you deploy)."""
+    from facenas.config import load_config
+    from facenas.export.latency import arch_latency, arch_model, latency_report
+    from facenas.models.checkpoint import describe_face_model
+    from facenas.space.arch import Arch
+    from facenas.train.face_job import backbone_spec
+
+    if (path is None) == (backbone is None):
+        fail("give an architecture JSON or --backbone NAME (one of the two)")
+    if path is None and backbone_params is not None and backbone_width is not None:
+        fail("--backbone-params and --backbone-width both set the width; give one")
+    if path is not None and (backbone_params is not None or backbone_width is not None):
+        fail("--backbone-params and --backbone-width scale a --backbone, not an architecture JSON")
+    target_keys = {"threads": threads, "batch": batch, "precision": precision, "repeats": repeats}
+    overrides: dict[str, Any] = {**({"task": "faces"} if config is None else {}),
+                                 **{f"search.target.{k}": v for k, v in target_keys.items() if v is not None}}
+    if backbone is not None:
+        overrides.update({"model.backbone": backbone, "model.backbone_params": backbone_params,
+                          **({"model.backbone_width": backbone_width} if backbone_width is not None else {})})
+    cfg = run_guarded(load_config, config, overrides)
+    if path is not None:
+        if not path.is_file():
+            fail(f"architecture file {path} does not exist")
+        network: Any = run_guarded(lambda: Arch.from_json(path.read_text()))
+    else:
+        network = run_guarded(backbone_spec, cfg)
+    info = describe_face_model(arch_model(network), network)
+    latency = run_guarded(arch_latency, network, cfg.search.target)
+    result = {"network": info.short, "params": info.params, "macs": info.macs,
+              **latency_report(latency, cfg.search.target)}
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    t = cfg.search.target
+    out.print(f"{info.short}: {info.params:,} parameters, {info.macs / 1e6:.2f} MMACs at "
+              f"{info.input_size}x{info.input_size}; {latency.median_ms:.3f} ms (interquartile range "
+              f"{latency.spread_ms:.3f}) per call of {t.batch} on onnxruntime {result['onnxruntime_version']}, "
+              f"{t.threads} thread(s), {t.precision}, median of {t.repeats} calls", highlight=False)
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Face datasets: inspect, find landmarks, build RecordIO and "
                                                   ".bin files.")
 app.add_typer(data_app, name="data")

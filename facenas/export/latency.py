@@ -35,7 +35,7 @@ from facenas.export.onnx import (
     normalise,
     quantize_qdq,
 )
-from facenas.models import build_model
+from facenas.models import BackboneSpec, build_backbone, build_model
 from facenas.models.checkpoint import describe_face_model, first_line
 from facenas.space.arch import Arch
 
@@ -113,8 +113,9 @@ def onnx_latency(model: bytes | str | Path, target: TargetConfig) -> Latency:
     return _measure(model, target, subject)
 
 
-def arch_model(arch: Arch, seed: int = 0) -> torch.nn.Module:
-    """`arch` built in eval mode with weights drawn under `seed`, leaving the global random state as it was.
+def arch_model(arch: Arch | BackboneSpec, seed: int = 0) -> torch.nn.Module:
+    """`arch` (a searched chain or a hand-designed backbone) built in eval mode with weights drawn under `seed`,
+    leaving the global random state as it was.
 
     Batch norms get statistics and scales drawn like a trained net's: left at their initial values they would be
     equal tensors, which the exporter merges into one initialiser behind Identity nodes, a graph no trained
@@ -122,7 +123,7 @@ def arch_model(arch: Arch, seed: int = 0) -> torch.nn.Module:
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(arch).eval()
+        model = (build_backbone(arch) if isinstance(arch, BackboneSpec) else build_model(arch)).eval()
         with torch.no_grad():
             for norm in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
                 for tensor, low, high in ((norm.running_mean, -0.1, 0.1), (norm.running_var, 0.8, 1.2),
@@ -132,7 +133,7 @@ def arch_model(arch: Arch, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def arch_graph(arch: Arch, precision: str = "fp32", seed: int = 0) -> bytes:
+def arch_graph(arch: Arch | BackboneSpec, precision: str = "fp32", seed: int = 0) -> bytes:
     """The ONNX bytes `facenas export` would write for a checkpoint of `arch` (int8: its `--quantize int8` file,
     calibrated on synthetic crops), with the weights of `arch_model`: latency does not depend on the weights."""
     try:
@@ -141,13 +142,18 @@ def arch_graph(arch: Arch, precision: str = "fp32", seed: int = 0) -> bytes:
         graph = export_graph(ContractWrapper(model, info.in_channels, info.input_size).eval())
         return quantize_qdq(graph, calibration_crops(None)) if precision == "int8" else graph
     except Exception as exc:  # noqa: BLE001 - torch, onnx and onnxruntime's tools raise their own types
-        raise LatencyError(f"architecture {arch.short()}: could not be exported to ONNX to time it "
+        raise LatencyError(f"{_subject(arch)}: could not be exported to ONNX to time it "
                            f"({first_line(exc)})") from None
 
 
-def arch_latency(arch: Arch, target: TargetConfig, seed: int = 0) -> Latency:
-    """A candidate's latency on `target`, measured on the model `facenas export` would write for it."""
-    subject = f"architecture {arch.short()}"
+def _subject(arch: Arch | BackboneSpec) -> str:
+    return f"{'backbone' if isinstance(arch, BackboneSpec) else 'architecture'} {arch.short()}"
+
+
+def arch_latency(arch: Arch | BackboneSpec, target: TargetConfig, seed: int = 0) -> Latency:
+    """A candidate's (or a hand design's) latency on `target`, measured on the model `facenas export` would write
+    for it."""
+    subject = _subject(arch)
     _onnxruntime(subject)  # before building and exporting anything
     return _measure(arch_graph(arch, target.precision, seed), target, subject)
 

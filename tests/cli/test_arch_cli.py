@@ -102,3 +102,31 @@ def test_random_under_a_latency_budget_measures_and_keeps_only_fast_architecture
     assert len(archs) == 2 and all(count_macs(a) / 1e6 <= budget + 1e-6 for a in archs) and " ms " in result.stderr
     bad = _random("--params", "100000", "--seed", "3", "-c", FACES, "--max-latency-ms", "0")
     assert bad.exit_code == 2 and "max_latency_ms" in bad.output and "Traceback" not in bad.output
+
+
+def test_latency_times_an_architecture_and_a_scaled_backbone_on_the_target(tmp_path):
+    """`facenas arch latency`: the figure a user sets max_latency_ms from, for a searched net or a hand design."""
+    arch = json.loads(_random("--params", "20000", "--seed", "1", "-c", FACES).stdout.splitlines()[0])
+    path = tmp_path / "arch.json"
+    path.write_text(json.dumps(arch))
+    result = runner.invoke(app, ["arch", "latency", str(path), "-c", FACES, "--repeats", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    timed = json.loads(result.stdout)
+    assert timed["params"] == count_params(Arch.from_dict(arch)) and timed["median_ms"] > 0
+    assert timed["repeats"] == 5 and timed["threads"] == 1 and timed["runtime"] == "onnxruntime"
+    mobile = runner.invoke(app, ["arch", "latency", "--backbone", "mobilefacenet", "--backbone-params", "30000",
+                                 "-c", FACES, "--repeats", "5", "--threads", "2", "--json"])
+    assert mobile.exit_code == 0, mobile.output
+    timed = json.loads(mobile.stdout)
+    assert timed["network"].startswith("mobilefacenet") and abs(timed["params"] - 30_000) <= 3_000
+    assert timed["threads"] == 2
+
+
+def test_latency_refuses_unclear_requests_with_a_message(tmp_path):
+    for args, words in ((["-c", FACES], "one of the two"),
+                        ([str(tmp_path / "missing.json")], "does not exist"),
+                        (["--backbone", "mobilefacenet", "--precision", "int9"], "'fp32' or 'int8'"),
+                        (["--backbone", "mobilefacenet", "--backbone-params", "9", "--backbone-width", "1"],
+                         "give one")):
+        result = runner.invoke(app, ["arch", "latency", *args])
+        assert result.exit_code != 0 and words in result.output and "Traceback" not in result.output, result.output
