@@ -8,12 +8,18 @@ reads the same figure and takes the same path.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 from facenas.config import ConstraintsConfig, TargetConfig
 from facenas.search.journal import CandidateRecord, SQLiteJournal
 from facenas.space.arch import Arch
 from facenas.space.count import count_macs, count_params
+
+
+class BudgetCheck(Protocol):
+    """What the strategy asks of a budget: None within it, else the reason an architecture is over it."""
+
+    def over(self, arch: Arch) -> Optional[str]: ...
 
 
 class Limits:
@@ -83,12 +89,12 @@ class LatencyBook:
         return float(self.of(arch)["median_ms"])
 
 
-class RecordedLimits(Limits):
+class RecordedLimits:
     """The budget as a journal recorded it: the architectures it skipped, for reading a run back (a report walks
     the strategy over the history without measuring anything)."""
 
     def __init__(self, records: Sequence[CandidateRecord]) -> None:
-        self._seen = {r.candidate.arch: r.error or "over budget" for r in records if r.status == "skipped"}
+        self._skipped = {r.candidate.arch: r.error or "over budget" for r in records if r.status == "skipped"}
 
     def over(self, arch: Arch) -> Optional[str]:
-        return self._seen.get(arch)
+        return self._skipped.get(arch)

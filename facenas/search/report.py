@@ -30,7 +30,7 @@ import numpy as np
 
 from facenas.config import Config, Rules, SearchSpec, config_data, decision_rules, parse_config
 from facenas.errors import JournalError
-from facenas.search.constraints import Limits, RecordedLimits
+from facenas.search.constraints import BudgetCheck, RecordedLimits
 from facenas.search.journal import CandidateRecord, SQLiteJournal
 from facenas.search.random_search import BUDGET_META, Budget, best_record, progress, result_of
 from facenas.search.run import RunPaths, score_description
@@ -50,7 +50,7 @@ REPORT_PHASES = (*PHASES, "random")
 # -- the strategy's incumbents ---------------------------------------------------------------------------------
 
 def _result_after(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, Outcome]],
-                  limits: Optional[Limits] = None) -> SearchResult:
+                  limits: Optional[BudgetCheck] = None) -> SearchResult:
     """The strategy's result when `history` happened and every later candidate failed: its incumbent after it."""
     gen = search(spec, profile, limits)
     try:
@@ -65,7 +65,7 @@ def _result_after(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Ca
 
 
 def incumbents(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, Outcome]],
-               limits: Optional[Limits] = None) -> list[SearchResult]:
+               limits: Optional[BudgetCheck] = None) -> list[SearchResult]:
     """The incumbent before the first candidate and after each one (`len(history) + 1` results).
 
     Raises `JournalError` where the history is not a path this strategy could have taken (another config).

@@ -28,7 +28,7 @@ from facenas.search.strategy import Candidate, Done, Outcome, OverBudget, Propos
 from facenas.space.arch import Profile
 
 if TYPE_CHECKING:
-    from facenas.search.constraints import Limits
+    from facenas.search.constraints import BudgetCheck
 
 #: (index, candidate.key()): one unit of work. Two tasks with the same key train identically.
 TaskKey = tuple[int, tuple]
@@ -65,7 +65,7 @@ class _Node:
 
 def plan(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, Outcome]],
          known: Mapping[TaskKey, Outcome], running: Collection[TaskKey], slots: int,
-         budget: int | None = None, limits: Optional[Limits] = None) -> Plan:
+         budget: int | None = None, limits: Optional[BudgetCheck] = None) -> Plan:
     """Decide which candidates to start on `slots - len(running)` free workers and which running ones to cancel.
 
     `history` is the path so far, `known` the results of finished candidates the strategy has not reached, `running`

@@ -41,7 +41,7 @@ from facenas.space.arch import OP_CONV, Arch, Profile
 from facenas.space.count import params_m
 
 if TYPE_CHECKING:
-    from facenas.search.constraints import Limits
+    from facenas.search.constraints import BudgetCheck
 
 PHASES = ("depth", "width", "ops", "kernels")
 
@@ -279,7 +279,7 @@ def _as_float(x: np.floating | None) -> float | None:
     return float(x)
 
 
-def search(spec: SearchSpec, profile: Profile, limits: Optional[Limits] = None
+def search(spec: SearchSpec, profile: Profile, limits: Optional[BudgetCheck] = None
            ) -> Generator[Proposal, Outcome, SearchResult]:
     """The whole search as a coroutine: yields proposals (candidate and judge), receives outcomes, returns the
     result. With `limits`, candidates over budget come with the `OverBudget` judge."""
@@ -410,7 +410,7 @@ class Walk:
 
 
 def walk(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, Outcome]],
-         limits: Optional[Limits] = None) -> Walk:
+         limits: Optional[BudgetCheck] = None) -> Walk:
     """Run the strategy over `history` (finished candidates in order): what it proposes next, or its result.
 
     Raises `HistoryMismatch` where the history is not a path this strategy could have taken.
@@ -435,7 +435,7 @@ def walk(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, 
 
 
 def next_step(spec: SearchSpec, profile: Profile, history: Sequence[tuple[Candidate, Outcome]],
-              limits: Optional[Limits] = None) -> Step:
+              limits: Optional[BudgetCheck] = None) -> Step:
     """The next candidate after `history` (finished candidates in order), or the result when the search is done.
 
     Raises `HistoryMismatch` where the history is not a path this strategy could have taken.
