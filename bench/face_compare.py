@@ -61,6 +61,7 @@ from facenas.export.latency import arch_latency, latency_report
 from facenas.models.backbones import backbone_param_count, match_width
 from facenas.models.checkpoint import load_face_model
 from facenas.search.constraints import limits_for
+from facenas.search.random_search import Draws
 from facenas.space.arch import Arch
 from facenas.space.count import count_params
 from facenas.space.sample import SearchSpace, sample_archs, solve_width, space_from_config
@@ -164,13 +165,16 @@ def baseline_model(config_path: str, overrides: dict[str, Any], name: str, targe
 
 def plan(config_path: str, arch_path: Path, overrides: dict[str, Any], random_count: int, random_seed: int,
          folder: Path, tolerance: float = 0.03, *, random_search: Optional[Path] = None,
-         baselines: Sequence[str] = DEFAULT_BASELINES) -> tuple[list[dict[str, Any]], int]:
+         baselines: Sequence[str] = DEFAULT_BASELINES, random_size: str = "result"
+         ) -> tuple[list[dict[str, Any]], int]:
     """The models to train (label, role, extra CLI arguments, parameters, ...) and the search result's count.
 
     Random architectures come from the search's own widths only (as `facenas fidelity` draws): a wider or narrower
     net is not of the space the search chose from at this size. Under the config's `search.constraints` (e.g.
     `--set search.constraints.max_latency_ms=0.8`, a constrained search's budget) they are drawn inside the budget,
-    as `facenas arch random --max-latency-ms` draws.
+    as `facenas arch random --max-latency-ms` draws. `random_size="budget"` draws them at any size inside the
+    budget instead, as random search draws its candidates: the control for a constrained search, whose claim is
+    the best net within the budget, not at one size.
     """
     config = load_config(config_path, overrides)
     found = retarget(Arch.from_json(arch_path.read_text()), config)
@@ -184,7 +188,20 @@ def plan(config_path: str, arch_path: Path, overrides: dict[str, Any], random_co
                        "relative_to_target": (count_params(rival) - target) / target})
     space, w = space_from_config(config, found.profile), config.search.width
     limits = limits_for(config.search.constraints, lambda a: arch_latency(a, config.search.target).median_ms)
-    if random_count > 0:
+    if random_count > 0 and random_size == "budget":
+        if limits is None:
+            raise SystemExit("--random-size budget draws inside search.constraints; set one (--set "
+                             "search.constraints.max_latency_ms=...)")
+        draws, drawn, index = Draws(config.search, found.profile, random_seed, limits), [], 0
+        while len(drawn) < random_count:
+            arch = draws.candidate(index).arch
+            index += 1
+            if arch != found and arch not in drawn:
+                drawn.append(arch)
+        for k, arch in enumerate(drawn):
+            models.append(_arch_model(f"random-{k}", "random", arch,
+                                      folder / "archs" / f"budget_{random_seed}_{k}.json", drawn="within the budget"))
+    elif random_count > 0:
         drawn = draw_random(space, target, random_seed, random_count, tolerance,
                             lambda a: a != found and w.min <= a.width <= w.first
                             and (limits is None or limits.over(a) is None))
@@ -622,6 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--random", type=int, default=3, help="random architectures at the same parameter count")
     parser.add_argument("--random-seed", type=int, default=0)
+    parser.add_argument("--random-size", choices=("result", "budget"), default="result", help="draw the random "
+                        "nets at the result's parameter count, or at any size inside search.constraints (a "
+                        "constrained search's control)")
     parser.add_argument("--tolerance", type=float, default=0.03, help="relative distance of a random architecture's "
                         "parameter count to the search result's")
     parser.add_argument("--baselines", default=",".join(DEFAULT_BASELINES),
@@ -653,7 +673,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     name = load_config(args.config, overrides).name
     folder = args.runs or Path("runs") / f"compare-{name}"
     models, target = plan(args.config, args.arch, overrides, args.random, args.random_seed, folder, args.tolerance,
-                          random_search=args.random_search, baselines=baselines)
+                          random_search=args.random_search, baselines=baselines, random_size=args.random_size)
     if multiples:
         models += plan_size_curve(args.config, args.arch, overrides, multiples, args.random_seed, folder,
                                   args.tolerance)

@@ -84,6 +84,23 @@ def test_random_nets_are_drawn_inside_the_configs_budget(tmp_path, lfw_archs):
     assert len(drawn) == 2 and all(count_macs(a) <= macs[1] for a in drawn)
 
 
+def test_random_nets_at_any_size_inside_the_budget_are_random_search_draws(tmp_path, lfw_archs):
+    """--random-size budget: the control of a constrained search is random search's draw inside the same budget, at
+    whatever size it lands; without a budget there is nothing to draw inside, and the script says so."""
+    from facenas.space.count import count_macs
+
+    search, _ = lfw_archs
+    budget = {"search.constraints.max_macs": 10_000_000}
+    models, _ = fc.plan(ROOT / LFW_COMPARE, search, budget, 3, 0, tmp_path, 0.03, baselines=[], random_size="budget")
+    drawn = [Arch.from_json(Path(m["args"][1]).read_text()) for m in models[1:]]
+    assert len(set(drawn)) == 3 and all(count_macs(a) <= 10_000_000 for a in drawn)
+    assert len({count_params(a) for a in drawn}) > 1  # sizes differ: not held to the result's
+    assert all(m["drawn"] == "within the budget" and m["args"][1].endswith(f"budget_0_{k}.json")
+               for k, m in enumerate(models[1:]))
+    with pytest.raises(SystemExit, match="search.constraints"):
+        fc.plan(ROOT / LFW_COMPARE, search, {}, 1, 0, tmp_path, 0.03, baselines=[], random_size="budget")
+
+
 @pytest.mark.parametrize("target, reachable", [(20_000, False), (100_000, True), (300_000, True)])
 def test_iresnet18_reaches_budgets_from_its_smallest_width_up(target, reachable):
     model = fc.baseline_model(ROOT / LFW_COMPARE, {}, "iresnet18", target)
