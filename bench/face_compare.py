@@ -192,15 +192,19 @@ def plan(config_path: str, arch_path: Path, overrides: dict[str, Any], random_co
         if limits is None:
             raise SystemExit("--random-size budget draws inside search.constraints; set one (--set "
                              "search.constraints.max_latency_ms=...)")
-        draws, drawn, index = Draws(config.search, found.profile, random_seed, limits), [], 0
-        while len(drawn) < random_count:
-            arch = draws.candidate(index).arch
-            index += 1
-            if arch != found and arch not in drawn:
-                drawn.append(arch)
-        for k, arch in enumerate(drawn):
-            models.append(_arch_model(f"random-{k}", "random", arch,
-                                      folder / "archs" / f"budget_{random_seed}_{k}.json", drawn="within the budget"))
+        paths = [folder / "archs" / f"budget_{random_seed}_{k}.json" for k in range(random_count)]
+        drawn = [Arch.from_json(p.read_text()) for p in paths if p.exists()]
+        if len(drawn) < random_count:
+            # measured latency decides which draws are inside, and it wavers near the budget: the draws are made
+            # once and kept in the run folder, so that a resumed comparison trains the same nets
+            draws, drawn, index = Draws(config.search, found.profile, random_seed, limits), [], 0
+            while len(drawn) < random_count:
+                arch = draws.candidate(index).arch
+                index += 1
+                if arch != found and arch not in drawn:
+                    drawn.append(arch)
+        for k, (arch, path) in enumerate(zip(drawn, paths)):
+            models.append(_arch_model(f"random-{k}", "random", arch, path, drawn="within the budget"))
     elif random_count > 0:
         drawn = draw_random(space, target, random_seed, random_count, tolerance,
                             lambda a: a != found and w.min <= a.width <= w.first

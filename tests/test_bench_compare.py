@@ -97,6 +97,10 @@ def test_random_nets_at_any_size_inside_the_budget_are_random_search_draws(tmp_p
     assert len({count_params(a) for a in drawn}) > 1  # sizes differ: not held to the result's
     assert all(m["drawn"] == "within the budget" and m["args"][1].endswith(f"budget_0_{k}.json")
                for k, m in enumerate(models[1:]))
+    # the draws are kept: a resumed comparison trains the same nets even where a remeasured budget would differ
+    tighter = {"search.constraints.max_macs": 2_000_000}
+    again, _ = fc.plan(ROOT / LFW_COMPARE, search, tighter, 3, 0, tmp_path, 0.03, baselines=[], random_size="budget")
+    assert again == models
     with pytest.raises(SystemExit, match="search.constraints"):
         fc.plan(ROOT / LFW_COMPARE, search, {}, 1, 0, tmp_path, 0.03, baselines=[], random_size="budget")
 
