@@ -75,7 +75,7 @@ DEFAULT_BASELINES = ("mobilefacenet", "iresnet18")
 BASELINE_TOLERANCE = 0.10
 #: Widening steps of the size curve's parameter tolerance where no draw meets the requested one.
 CURVE_TOLERANCE_STEPS = (1, 2, 4, 8)
-#: The most distinct draws `draw_random` asks `sample_archs` for (a few seconds of closed-form counts).
+#: The most draws asked of `sample_archs` (by `draw_random`) or of random search's `Draws` (a few seconds of counts).
 MAX_DRAWS = 4096
 #: The smallest width multiplier `match_width` searches; a baseline at it is as small as it gets.
 SMALLEST_WIDTH = float(inspect.signature(match_width).parameters["low"].default)
@@ -197,12 +197,16 @@ def plan(config_path: str, arch_path: Path, overrides: dict[str, Any], random_co
         if len(drawn) < random_count:
             # measured latency decides which draws are inside, and it wavers near the budget: the draws are made
             # once and kept in the run folder, so that a resumed comparison trains the same nets
-            draws, drawn, index = Draws(config.search, found.profile, random_seed, limits), [], 0
-            while len(drawn) < random_count:
+            draws, drawn = Draws(config.search, found.profile, random_seed, limits), []
+            for index in range(MAX_DRAWS):
                 arch = draws.candidate(index).arch
-                index += 1
                 if arch != found and arch not in drawn:
                     drawn.append(arch)
+                if len(drawn) == random_count:
+                    break
+            else:
+                raise SystemExit(f"only {len(drawn)} distinct random architectures other than the result inside "
+                                 f"search.constraints in {MAX_DRAWS} draws; ask for fewer or widen the budget")
         for k, (arch, path) in enumerate(zip(drawn, paths)):
             models.append(_arch_model(f"random-{k}", "random", arch, path, drawn="within the budget"))
     elif random_count > 0:
@@ -674,7 +678,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     overrides.update(dict(parse_override(text) for text in args.set))
     multiples = parse_multiples(args.size_curve)
     baselines = parse_baselines(args.baselines)
-    name = load_config(args.config, overrides).name
+    config = load_config(args.config, overrides)
+    name = config.name
     folder = args.runs or Path("runs") / f"compare-{name}"
     models, target = plan(args.config, args.arch, overrides, args.random, args.random_seed, folder, args.tolerance,
                           random_search=args.random_search, baselines=baselines, random_size=args.random_size)
@@ -702,7 +707,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     summary = summarise(runs)
     main_labels = [m["label"] for m in models if m.get("role") != "curve"]
     versus = against(summary, labels=main_labels)
-    config = load_config(args.config, overrides)
     latency = measure_latency(models, folder, config.search.target) if args.latency else None
     rival = None
     if "random-search" in versus:

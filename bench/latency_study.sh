@@ -31,5 +31,6 @@ BUDGET=(--set "search.constraints.max_latency_ms=$BUDGET_MS")
 #    budget at any size (as random search draws), and MobileFaceNet at the result's size (no width of it reaches
 #    the budget)
 "$PY" bench/face_compare.py --arch "$RUN/best_arch.json" --seeds 3 --random 3 --random-size budget \
-  --baselines mobilefacenet --latency -c configs/train/faces-lfw-dev-compare.yaml --face-source "$SOURCE" "${BUDGET[@]}" --jobs 2 --threads 1 \
+  --baselines mobilefacenet --latency -c configs/train/faces-lfw-dev-compare.yaml --face-source "$SOURCE" \
+  "${BUDGET[@]}" --jobs 2 --threads 1 \
   --runs "runs/compare-lfw-dev-${BUDGET_MS}ms" --out "$OUT/face_compare-lfw-dev-${BUDGET_MS}ms.json"
