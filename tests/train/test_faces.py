@@ -126,6 +126,25 @@ def test_resuming_from_a_mid_epoch_checkpoint_is_exact(tiny_face_config_data, ma
         assert (a.train_acc, a.train_loss) == (b.train_acc, b.train_loss)
 
 
+def test_scoring_the_heldout_people_less_often_leaves_the_weights_as_they_were(tiny_face_config_data):
+    """`faces.train.eval_every` only thins the monitoring (the compare config scores once, at the end): scoring
+    neither draws random numbers nor touches the training state, so the weights and the last score are the same."""
+    runs = {}
+    for every in (1, 3):
+        data = dict(tiny_face_config_data)
+        data["faces"] = {**data["faces"], "train": {**data["faces"]["train"], "eval_every": every}}
+        cfg = parse_config(data)
+        run, splits = _fresh(cfg, 3)
+        fit_face(run, splits.train, cfg=cfg.faces.train, augment=cfg.faces.data.augment, epochs=3, seed=0,
+                 device=torch.device("cpu"), pairs=splits.pairs)
+        runs[every] = run
+    every_epoch, at_the_end = runs[1], runs[3]
+    assert all(torch.equal(v, at_the_end.model.state_dict()[k]) for k, v in every_epoch.model.state_dict().items())
+    assert [math.isnan(e.val_acc) for e in at_the_end.history] == [True, True, False]
+    assert not any(math.isnan(e.val_acc) for e in every_epoch.history)
+    assert at_the_end.history[-1].val_acc == every_epoch.history[-1].val_acc
+
+
 def test_nan_loss_stops_with_a_clear_error(tiny_face_config_data):
     data = dict(tiny_face_config_data)
     data["faces"] = {**data["faces"], "train": {**data["faces"]["train"], "lr": 1e30, "grad_clip": 1e30}}
