@@ -33,8 +33,9 @@ error of the difference, Welch, and whether it exceeds 2 standard errors), the s
 out, and the size curve (also plotted to bench/results/face_size_curve-<config name>.png). `--latency` adds each
 model's latency on the config's `search.target`, and `--set search.constraints.max_latency_ms=...` draws the random
 nets inside that budget: the comparison a constrained search's result needs. `--dry-run` prints the plan (models,
-sizes, parameter counts, which trainings are already done) and trains nothing. A run folder belongs to one
-comparison: a model's folder that holds another net's training is an error, never a silent reuse.
+sizes, parameter counts, which trainings are already done) and trains nothing; of a comparison under way (running
+beside it, or stopped) it also prints the scores so far, each model over the seeds it has finished. A run folder
+belongs to one comparison: a model's folder that holds another net's training is an error, never a silent reuse.
 """
 
 from __future__ import annotations
@@ -341,10 +342,7 @@ def final_train_accuracy(out: Path, report: dict[str, Any]) -> Optional[float]:
 
 def train_one(model: dict[str, Any], seed: int, config_path: str, face_source: Optional[str], sets: list[str],
               folder: Path, threads: int) -> dict[str, Any]:
-    """One `facenas train` child (resumed where a checkpoint exists); its report.json with the wall time.
-
-    The test accuracy is 10-fold (thresholds chosen on nine folds), as the field reports LFW; `accuracy_sem` is its
-    standard error over folds, i.e. the noise of the pairs, where the spread over seeds is the noise of training."""
+    """One `facenas train` child (resumed where a checkpoint exists) unless its report.json exists; its scores."""
     label = model.get("runs_as", model["label"])
     out = folder / label / f"seed{seed}"
     report_path = out / "report.json"
@@ -362,6 +360,17 @@ def train_one(model: dict[str, Any], seed: int, config_path: str, face_source: O
             raise RuntimeError(f"{label} seed {seed} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
         (out / "wall_s.txt").write_text(f"{time.perf_counter() - began:.1f}\n")
         print(f"{label} seed {seed}: done in {time.perf_counter() - began:.0f} s", flush=True)
+    return finished_run(model, seed, folder)
+
+
+def finished_run(model: dict[str, Any], seed: int, folder: Path) -> dict[str, Any]:
+    """The scores of one finished training (its report.json), checked to be a training of `model`'s net.
+
+    The test accuracy is 10-fold (thresholds chosen on nine folds), as the field reports LFW; `accuracy_sem` is its
+    standard error over folds, i.e. the noise of the pairs, where the spread over seeds is the noise of training."""
+    label = model.get("runs_as", model["label"])
+    out = folder / label / f"seed{seed}"
+    report_path = out / "report.json"
     report = json.loads(report_path.read_text())
     if report.get("arch_short") != model["arch"]:
         raise RuntimeError(f"{out} holds a training of {report.get('arch_short')}, not of {label}'s {model['arch']}: "
@@ -408,13 +417,32 @@ def jobs_for(models: list[dict[str, Any]], seeds: int, curve_seeds: int) -> list
 
 def runs_per_model(models: list[dict[str, Any]], trained: list[dict[str, Any]], seeds: int,
                    curve_seeds: int) -> list[dict[str, Any]]:
-    """Every model's runs under its own label (a model sharing another's runs gets copies)."""
+    """Every model's runs under its own label (a model sharing another's runs gets copies); of an unfinished
+    comparison, the runs finished so far."""
     by_key = {(r["label"], r["seed"]): r for r in trained}
     out = []
     for m in models:
         for seed in range(curve_seeds if m.get("role") == "curve" else seeds):
-            out.append({**by_key[(m["runs_as"], seed)], "label": m["label"]})
+            if (m["runs_as"], seed) in by_key:
+                out.append({**by_key[(m["runs_as"], seed)], "label": m["label"]})
     return out
+
+
+def progress_lines(models: list[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
+    """A comparison under way, from the trainings finished so far: each model's seeds done and its scores over
+    them, and the search against random search once each has two seeds (a standard error)."""
+    lines = [f"so far: {'model':18s} {'seeds':>5s}  {'test accuracy':>16s}  {'test AUC':>17s}  {'train acc':>16s}"]
+    for m in models:
+        s = summary.get(m["label"])
+        if s is None:
+            lines.append(f"so far: {m['label']:18s} {0:>5d}")
+            continue
+        lines.append(f"so far: {m['label']:18s} {s['accuracy']['n']:>5d}  {_pm(s['accuracy'], 2, 7)}  "
+                     f"{_pm(s['auc'], 4, 7)}  {_pm(s['train_accuracy'], 2, 7)}{_flag(s)}")
+    if "search" in summary and "random-search" in summary:
+        rival = against(summary, labels=["random-search"])["random-search"]
+        lines.append("so far: " + verdict(rival, "random-search"))
+    return lines
 
 
 # -- statistics ----------------------------------------------------------------------------------------------------
@@ -666,8 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default bench/results/face_size_curve-<name>.png)")
     parser.add_argument("--latency", action="store_true", help="after training, time every compared model on the "
                         "config's search.target (onnxruntime, as `facenas export` and a constrained search do)")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and train nothing (only the drawn "
-                        "architectures' JSON files are written)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and the scores so far, and "
+                        "train nothing (only the drawn architectures' JSON files are written)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key")
     return parser
 
@@ -697,6 +725,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     finished = sum((folder / m["runs_as"] / f"seed{s}" / "report.json").exists() for m, s in jobs)
     print(f"{len(jobs)} trainings ({finished} already done)", flush=True)
     if args.dry_run:
+        done = [finished_run(m, s, folder) for m, s in jobs
+                if (folder / m["runs_as"] / f"seed{s}" / "report.json").exists()]
+        if done:
+            curve_seeds = args.size_curve_seeds if multiples else 0
+            for line in progress_lines(models, summarise(runs_per_model(models, done, args.seeds, curve_seeds))):
+                print(line)
         return
     began = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:

@@ -273,6 +273,17 @@ def test_end_to_end_on_synthetic_faces_then_resumed_without_training(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "done in" not in again.stdout and "3 trainings (3 already done)" in again.stdout
     assert json.loads(out.read_text())["summary"] == summary
+    # --dry-run on a comparison under way: the scores so far, from the finished trainings only
+    report = tmp_path / "runs" / "random-0" / "seed0" / "report.json"
+    report.rename(report.with_suffix(".json.aside"))
+    partial = subprocess.run([*cmd, "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert partial.returncode == 0 and "3 trainings (2 already done)" in partial.stdout, partial.stderr[-3000:]
+    so_far = {line.split()[2]: line.split()[3:] for line in partial.stdout.splitlines()
+              if line.startswith("so far: ") and line.split()[3].isdigit()}
+    assert so_far["random-0"] == ["0"] and so_far["search"][0] == "1"
+    assert float(so_far["search"][1]) == pytest.approx(summary["search"]["accuracy"]["mean"], abs=0.01)
+    assert "so far: search - random-search" in partial.stdout and "no verdict" in partial.stdout
+    report.with_suffix(".json.aside").rename(report)
     # --latency: each compared model's seed-0 file timed on the config's search.target, printed beside its scores
     timed = subprocess.run([*cmd, "--latency", "--set", "search.target.repeats=5"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=300)
