@@ -36,9 +36,10 @@ ONE_THREAD=(--set faces.train.threads=1)  # each worker on its own core: WORKERS
   --budget-from $OUT/search-faces-lfw-dev-recipe2 --out $OUT/random-search-faces-lfw-dev-recipe2 --resume \
   --workers "$WORKERS" "${ONE_THREAD[@]}"
 # 4. on the people nobody saw, 3 seeds each: the result, random search's, random nets of its size, MobileFaceNet and
-#    iResNet-18 at its size, and the accuracy-against-size curve
+#    iResNet-18 at its size, and the accuracy-against-size curve (1 seed a point; its x1 points are the comparison's
+#    3 seeds, whose spread is the curve's noise band)
 "$PY" bench/face_compare.py --arch $OUT/search-faces-lfw-dev-recipe2/best_arch.json \
   --random-search $OUT/random-search-faces-lfw-dev-recipe2/best_arch.json --seeds 3 --random 3 \
-  --baselines mobilefacenet,iresnet18 --size-curve 0.25,0.5,1,2,4 --jobs "$WORKERS" --threads 1 \
+  --baselines mobilefacenet,iresnet18 --size-curve 0.25,0.5,1,2,4 --size-curve-seeds 1 --jobs "$WORKERS" --threads 1 \
   -c configs/train/faces-lfw-dev-compare.yaml --face-source "$SOURCE" --runs runs/compare-lfw-dev-study \
   --out $OUT/face_compare-lfw-dev-study.json
