@@ -29,8 +29,9 @@ train accuracy is below 50 % are flagged.
 Prints and writes bench/results/face_compare-<config name>.json: every training (test accuracy and its standard
 error over the 10 folds, AUC, EER, TAR@FAR, held-out accuracy, final train accuracy, wall time), per model the mean
 and standard error over seeds, the search's result against each other model (difference of means with the standard
-error of the difference, Welch, and whether it exceeds 2 standard errors), the search against random search spelt
-out, and the size curve (also plotted to bench/results/face_size_curve-<config name>.png). `--latency` adds each
+error of the difference, Welch, and whether it exceeds 2 standard errors; and paired by seed, since a seed draws
+the split every model of that seed shares), the search against random search spelt out, and the size curve (also
+plotted to bench/results/face_size_curve-<config name>.png). `--latency` adds each
 model's latency on the config's `search.target`, and `--set search.constraints.max_latency_ms=...` draws the random
 nets inside that budget: the comparison a constrained search's result needs. `--dry-run` prints the plan (models,
 sizes, parameter counts, which trainings are already done) and trains nothing; of a comparison under way (running
@@ -428,7 +429,7 @@ def runs_per_model(models: list[dict[str, Any]], trained: list[dict[str, Any]], 
     return out
 
 
-def progress_lines(models: list[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
+def progress_lines(models: list[dict[str, Any]], runs: list[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
     """A comparison under way, from the trainings finished so far: each model's seeds done and its scores over
     them, and the search against random search once each has two seeds (a standard error)."""
     lines = [f"so far: {'model':18s} {'seeds':>5s}  {'test accuracy':>16s}  {'test AUC':>17s}  {'train acc':>16s}"]
@@ -441,7 +442,8 @@ def progress_lines(models: list[dict[str, Any]], summary: dict[str, Any]) -> lis
                      f"{_pm(s['auc'], 4, 7)}  {_pm(s['train_accuracy'], 2, 7)}{_flag(s)}")
     if "search" in summary and "random-search" in summary:
         rival = against(summary, labels=["random-search"])["random-search"]
-        lines.append("so far: " + verdict(rival, "random-search"))
+        lines.append("so far: " + verdict(rival, "random-search", " (Welch)"))
+        lines.append("so far: " + verdict(paired(runs, "search", "random-search"), "random-search", PAIRED))
     return lines
 
 
@@ -479,14 +481,35 @@ def welch(a: dict[str, float], b: dict[str, float]) -> dict[str, Any]:
     not pooled), z, the Welch-Satterthwaite degrees of freedom, and whether |difference| exceeds 2 standard errors
     (about a two-sided 5 % test; with 3 seeds a side the t quantile is larger, so read it as a floor)."""
     diff, se = a["mean"] - b["mean"], math.hypot(a["se"], b["se"])
-    z = diff / se if se > 0 else (math.copysign(math.inf, diff) if se == 0 and diff != 0 else math.nan)
     va, vb = a["se"] ** 2, b["se"] ** 2
     denominator = (va ** 2 / (a["n"] - 1) if a["n"] > 1 else math.nan) + \
         (vb ** 2 / (b["n"] - 1) if b["n"] > 1 else math.nan)
     df = (va + vb) ** 2 / denominator if denominator > 0 else math.nan
+    return {**_judged(diff, se), "welch_df": df}
+
+
+def _judged(diff: float, se: float) -> dict[str, Any]:
+    z = diff / se if se > 0 else (math.copysign(math.inf, diff) if se == 0 and diff != 0 else math.nan)
     # no verdict without a standard error (one seed a side); a zero one (identical seeds) still decides
-    return {"difference": diff, "se": se, "z": z, "welch_df": df,
+    return {"difference": diff, "se": se, "z": z,
             "exceeds_2se": bool(abs(diff) > 2 * se) if not math.isnan(se) else None}
+
+
+def paired(runs: list[dict[str, Any]], reference: str, other: str) -> dict[str, Any]:
+    """`reference` - `other` seed by seed. The seed draws the split (which people train, which are held out and
+    tested, and the test pairs), and both models of a seed share it, so the split's part of the noise, common to
+    the two, cancels in each seed's difference; the standard error is that of the differences over seeds (n - 1
+    degrees of freedom: with 3 seeds, 2 s.e. is a floor, as in `welch`)."""
+    by = {(r["label"], r["seed"]): r for r in runs}
+    seeds = sorted(s for (label, s) in by if label == reference and (other, s) in by)
+    out: dict[str, Any] = {}
+    for m in MEASURES:
+        diffs = [by[(reference, s)]["test"][m] - by[(other, s)]["test"][m] for s in seeds
+                 if m in by[(reference, s)]["test"] and m in by[(other, s)]["test"]]
+        if diffs:
+            d = mean_se(diffs)
+            out[m] = {**_judged(d["mean"], d["se"]), "seeds": d["n"]}
+    return out
 
 
 def against(summary: dict[str, Any], reference: str = "search",
@@ -503,8 +526,9 @@ def against(summary: dict[str, Any], reference: str = "search",
     return out
 
 
-def verdict(d: dict[str, Any], other: str) -> str:
-    """One sentence on search - `other`'s accuracy and AUC difference: is it beyond 2 standard errors?"""
+def verdict(d: dict[str, Any], other: str, how: str = "") -> str:
+    """One sentence on search - `other`'s accuracy and AUC difference (`how` the difference was taken): is it
+    beyond 2 standard errors?"""
     parts = []
     for m, unit in (("accuracy", "points"), ("auc", "")):
         if m not in d:
@@ -523,7 +547,7 @@ def verdict(d: dict[str, Any], other: str) -> str:
         conclusion = "the search is better" if acc["difference"] > 0 else f"{other} is better"
     else:
         conclusion = f"no difference the seeds can resolve between the search and {other}"
-    return f"search - {other}: " + "; ".join(parts) + f": {conclusion}"
+    return f"search - {other}{how}: " + "; ".join(parts) + f": {conclusion}"
 
 
 # -- the size curve ------------------------------------------------------------------------------------------------
@@ -590,6 +614,8 @@ def _flag(s: dict[str, Any]) -> str:
     return f"  !! train acc < {TRAINED_BELOW:.0f} %" if s["trained"] is False else ""
 
 
+PAIRED = " (paired by seed: same split and test pairs)"
+
 FLAG_NOTE = (f"!! marks a mean final train accuracy below {TRAINED_BELOW:.0f} %: the net did not fit its training "
              "people, so its test scores say nothing about its architecture")
 
@@ -620,8 +646,16 @@ def report_lines(result: dict[str, Any]) -> list[str]:
         beyond = {True: ", beyond 2 s.e.", False: "", None: ""}[acc["exceeds_2se"]]
         lines.append(f"search - {label:16s} accuracy {acc['difference']:+.2f} +- {acc['se']:.2f} "
                      f"(z {acc['z']:+.2f}{beyond})")
+    for label, d in result.get("search_minus_paired", {}).items():
+        acc = d.get("accuracy")
+        if acc:
+            beyond = {True: ", beyond 2 s.e.", False: "", None: ""}[acc["exceeds_2se"]]
+            lines.append(f"search - {label:16s} accuracy {acc['difference']:+.2f} +- {acc['se']:.2f} "
+                         f"(z {acc['z']:+.2f}{beyond}){PAIRED}")
     if result.get("search_vs_random_search") is not None:
         lines.append(result["search_vs_random_search"]["verdict"])
+        if "verdict_paired" in result["search_vs_random_search"]:
+            lines.append(result["search_vs_random_search"]["verdict_paired"])
     curve = result.get("size_curve")
     if curve:
         lines.append("")
@@ -729,7 +763,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 if (folder / m["runs_as"] / f"seed{s}" / "report.json").exists()]
         if done:
             curve_seeds = args.size_curve_seeds if multiples else 0
-            for line in progress_lines(models, summarise(runs_per_model(models, done, args.seeds, curve_seeds))):
+            runs = runs_per_model(models, done, args.seeds, curve_seeds)
+            for line in progress_lines(models, runs, summarise(runs)):
                 print(line)
         return
     began = time.perf_counter()
@@ -742,9 +777,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     main_labels = [m["label"] for m in models if m.get("role") != "curve"]
     versus = against(summary, labels=main_labels)
     latency = measure_latency(models, folder, config.search.target) if args.latency else None
+    versus_paired = {label: paired(runs, "search", label) for label in versus}
     rival = None
     if "random-search" in versus:
-        rival = {**versus["random-search"], "verdict": verdict(versus["random-search"], "random-search")}
+        rival = {**versus["random-search"], "verdict": verdict(versus["random-search"], "random-search", " (Welch)"),
+                 "paired": versus_paired["random-search"],
+                 "verdict_paired": verdict(versus_paired["random-search"], "random-search", PAIRED)}
     curve = None
     if multiples:
         plot = Path(args.plot or f"bench/results/face_size_curve-{name}.png")
@@ -759,7 +797,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "baselines": baselines, "trained_below": TRAINED_BELOW,
         "set": args.set, "jobs": args.jobs, "threads": args.threads, "wall_s": time.perf_counter() - began,
         "models": models, "summary": {k: v for k, v in summary.items() if k in main_labels},
-        "search_minus": versus, "search_vs_random_search": rival, "size_curve": curve, "latency": latency,
+        "search_minus": versus, "search_minus_paired": versus_paired, "search_vs_random_search": rival,
+        "size_curve": curve, "latency": latency,
         "curve_summary": {k: v for k, v in summary.items() if k not in main_labels},
         "runs": [r for r in runs if r["label"] in main_labels],
         "trainings": trained}

@@ -197,6 +197,24 @@ def test_welch_summary_verdict_and_the_below_50_flag():
     assert "92.00 +-" in row  # the train accuracy beside the test scores
 
 
+def test_paired_by_seed_cancels_the_splits_share_of_the_noise():
+    """Each seed draws its own split, shared by every model of that seed: a split effect common to both sides
+    (here 4 points from seed to seed) swamps Welch's unpaired standard error but cancels in the per-seed
+    differences (-1.0, -1.5, -0.5: mean -1, standard error 0.29)."""
+    runs = (_run("search", [80.0, 84.5, 88.5], [0.90, 0.92, 0.94], [90, 90, 90])
+            + _run("random-search", [81.0, 86.0, 89.0], [0.91, 0.93, 0.95], [90, 90, 90]))
+    welch = fc.against(fc.summarise(runs))["random-search"]["accuracy"]
+    assert welch["difference"] == pytest.approx(-1.0) and welch["exceeds_2se"] is False
+    d = fc.paired(runs, "search", "random-search")
+    assert d["accuracy"]["difference"] == pytest.approx(-1.0) and d["accuracy"]["seeds"] == 3
+    assert d["accuracy"]["se"] == pytest.approx(0.5 / math.sqrt(3)) and d["accuracy"]["exceeds_2se"] is True
+    assert d["auc"]["se"] == pytest.approx(0.0, abs=1e-12) and d["auc"]["exceeds_2se"] is True
+    assert "random-search is better" in fc.verdict(d, "random-search", fc.PAIRED)
+    # only the seeds both sides finished are paired; one seed gives no standard error
+    one = fc.paired(runs[:1] + runs[3:5], "search", "random-search")
+    assert one["accuracy"]["seeds"] == 1 and one["accuracy"]["exceeds_2se"] is None
+
+
 def test_one_seed_gives_no_verdict_and_identical_seeds_one():
     summary = fc.summarise(_run("search", [80], [0.9], [90]) + _run("random-search", [70], [0.8], [90]))
     d = fc.against(summary)["random-search"]
@@ -262,6 +280,9 @@ def test_end_to_end_on_synthetic_faces_then_resumed_without_training(tmp_path):
     assert result["search_vs_random_search"]["accuracy"]["difference"] == pytest.approx(
         summary["search"]["accuracy"]["mean"] - summary["random-search"]["accuracy"]["mean"])
     assert "search - random-search" in result["search_vs_random_search"]["verdict"]
+    assert result["search_minus_paired"]["random-search"]["accuracy"]["difference"] == pytest.approx(
+        result["search_vs_random_search"]["accuracy"]["difference"])  # one seed: the same difference
+    assert fc.PAIRED in result["search_vs_random_search"]["verdict_paired"] and fc.PAIRED in done.stdout
     points = {p["kind"]: p for p in result["size_curve"]["points"]}
     assert points["search-scaled"]["runs_as"] == "search" and points["random"]["runs_as"] == "random-0"
     assert points["search-scaled"]["accuracy"] == summary["search"]["accuracy"]
