@@ -641,17 +641,13 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     for m in models:
         if m.get("note"):
             lines.append(f"note: {m['note']}")
-    for label, d in result["search_minus"].items():
-        acc = d["accuracy"]
-        beyond = {True: ", beyond 2 s.e.", False: "", None: ""}[acc["exceeds_2se"]]
-        lines.append(f"search - {label:16s} accuracy {acc['difference']:+.2f} +- {acc['se']:.2f} "
-                     f"(z {acc['z']:+.2f}{beyond})")
-    for label, d in result.get("search_minus_paired", {}).items():
-        acc = d.get("accuracy")
-        if acc:
-            beyond = {True: ", beyond 2 s.e.", False: "", None: ""}[acc["exceeds_2se"]]
-            lines.append(f"search - {label:16s} accuracy {acc['difference']:+.2f} +- {acc['se']:.2f} "
-                         f"(z {acc['z']:+.2f}{beyond}){PAIRED}")
+    for differences, how in ((result["search_minus"], ""), (result.get("search_minus_paired", {}), PAIRED)):
+        for label, d in differences.items():
+            acc = d.get("accuracy")
+            if acc:
+                beyond = {True: ", beyond 2 s.e.", False: "", None: ""}[acc["exceeds_2se"]]
+                lines.append(f"search - {label:16s} accuracy {acc['difference']:+.2f} +- {acc['se']:.2f} "
+                             f"(z {acc['z']:+.2f}{beyond}){how}")
     if result.get("search_vs_random_search") is not None:
         lines.append(result["search_vs_random_search"]["verdict"])
         if "verdict_paired" in result["search_vs_random_search"]:
