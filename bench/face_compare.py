@@ -341,13 +341,16 @@ def final_train_accuracy(out: Path, report: dict[str, Any]) -> Optional[float]:
     return float(max(rows, key=lambda r: int(float(r["epoch"])))["train_acc"])
 
 
+def run_folder(model: dict[str, Any], seed: int, folder: Path) -> Path:
+    """Where `model`'s training under `seed` lives (a model sharing another's runs: the other's folder)."""
+    return folder / model.get("runs_as", model["label"]) / f"seed{seed}"
+
+
 def train_one(model: dict[str, Any], seed: int, config_path: str, face_source: Optional[str], sets: list[str],
               folder: Path, threads: int) -> dict[str, Any]:
     """One `facenas train` child (resumed where a checkpoint exists) unless its report.json exists; its scores."""
-    label = model.get("runs_as", model["label"])
-    out = folder / label / f"seed{seed}"
-    report_path = out / "report.json"
-    if not report_path.exists():
+    label, out = model.get("runs_as", model["label"]), run_folder(model, seed, folder)
+    if not (out / "report.json").exists():
         cmd = [sys.executable, "-m", "facenas.cli.main", "train", "-c", config_path, *model["args"],
                "--seed", str(seed), "--out", str(out), "--set", f"faces.train.threads={threads}"]
         cmd += ["--face-source", face_source] if face_source else []
@@ -369,8 +372,7 @@ def finished_run(model: dict[str, Any], seed: int, folder: Path) -> dict[str, An
 
     The test accuracy is 10-fold (thresholds chosen on nine folds), as the field reports LFW; `accuracy_sem` is its
     standard error over folds, i.e. the noise of the pairs, where the spread over seeds is the noise of training."""
-    label = model.get("runs_as", model["label"])
-    out = folder / label / f"seed{seed}"
+    label, out = model.get("runs_as", model["label"]), run_folder(model, seed, folder)
     report_path = out / "report.json"
     report = json.loads(report_path.read_text())
     if report.get("arch_short") != model["arch"]:
@@ -397,7 +399,7 @@ def measure_latency(models: list[dict[str, Any]], folder: Path, target: Any, rou
     for m in models:
         if m.get("role") == "curve":
             continue
-        _, network, _ = load_face_model(folder / m["runs_as"] / "seed0" / "model.pt")
+        _, network, _ = load_face_model(run_folder(m, 0, folder) / "model.pt")
         best = min((arch_latency(network, target) for _ in range(rounds)), key=lambda t: t.median_ms)
         out[m["label"]] = latency_report(best, target)
         print(f"{m['label']}: {best.median_ms:.3f} ms (interquartile range {best.spread_ms:.3f})", flush=True)
@@ -440,10 +442,11 @@ def progress_lines(models: list[dict[str, Any]], runs: list[dict[str, Any]], sum
             continue
         lines.append(f"so far: {m['label']:18s} {s['accuracy']['n']:>5d}  {_pm(s['accuracy'], 2, 7)}  "
                      f"{_pm(s['auc'], 4, 7)}  {_pm(s['train_accuracy'], 2, 7)}{_flag(s)}")
-    if "search" in summary and "random-search" in summary:
-        rival = against(summary, labels=["random-search"])["random-search"]
-        lines.append("so far: " + verdict(rival, "random-search", " (Welch)"))
-        lines.append("so far: " + verdict(paired(runs, "search", "random-search"), "random-search", PAIRED))
+    if "search" in summary:
+        rival = versus_random_search(against(summary, labels=["random-search"]),
+                                     {"random-search": paired(runs, "search", "random-search")})
+        if rival is not None:
+            lines += ["so far: " + rival["verdict"], "so far: " + rival["verdict_paired"]]
     return lines
 
 
@@ -524,6 +527,15 @@ def against(summary: dict[str, Any], reference: str = "search",
         out[label] = {m: welch(summary[reference][m], s[m]) for m in MEASURES
                       if m in s and m in summary[reference]}
     return out
+
+
+def versus_random_search(versus: dict[str, Any], versus_paired: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The search against random search spelt out, unpaired (Welch) and paired by seed; None without it."""
+    if "random-search" not in versus:
+        return None
+    return {**versus["random-search"], "verdict": verdict(versus["random-search"], "random-search", " (Welch)"),
+            "paired": versus_paired["random-search"],
+            "verdict_paired": verdict(versus_paired["random-search"], "random-search", PAIRED)}
 
 
 def verdict(d: dict[str, Any], other: str, how: str = "") -> str:
@@ -751,15 +763,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"{m['label']:16s} {m['params']:>8,} parameters  {m['arch']}{size}{shared}", flush=True)
         if m.get("note"):
             print(f"  note: {m['note']}", flush=True)
-    jobs = jobs_for(models, args.seeds, args.size_curve_seeds if multiples else 0)
-    finished = sum((folder / m["runs_as"] / f"seed{s}" / "report.json").exists() for m, s in jobs)
-    print(f"{len(jobs)} trainings ({finished} already done)", flush=True)
+    curve_seeds = args.size_curve_seeds if multiples else 0
+    jobs = jobs_for(models, args.seeds, curve_seeds)
+    finished = [(m, s) for m, s in jobs if (run_folder(m, s, folder) / "report.json").exists()]
+    print(f"{len(jobs)} trainings ({len(finished)} already done)", flush=True)
     if args.dry_run:
-        done = [finished_run(m, s, folder) for m, s in jobs
-                if (folder / m["runs_as"] / f"seed{s}" / "report.json").exists()]
-        if done:
-            curve_seeds = args.size_curve_seeds if multiples else 0
-            runs = runs_per_model(models, done, args.seeds, curve_seeds)
+        if finished:
+            runs = runs_per_model(models, [finished_run(m, s, folder) for m, s in finished], args.seeds, curve_seeds)
             for line in progress_lines(models, runs, summarise(runs)):
                 print(line)
         return
@@ -767,18 +777,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         trained = list(pool.map(lambda job: train_one(job[0], job[1], args.config, args.face_source, args.set,
                                                       folder, args.threads), jobs))
-    curve_seeds = args.size_curve_seeds if multiples else 0
     runs = runs_per_model(models, trained, args.seeds, curve_seeds)
     summary = summarise(runs)
     main_labels = [m["label"] for m in models if m.get("role") != "curve"]
     versus = against(summary, labels=main_labels)
     latency = measure_latency(models, folder, config.search.target) if args.latency else None
     versus_paired = {label: paired(runs, "search", label) for label in versus}
-    rival = None
-    if "random-search" in versus:
-        rival = {**versus["random-search"], "verdict": verdict(versus["random-search"], "random-search", " (Welch)"),
-                 "paired": versus_paired["random-search"],
-                 "verdict_paired": verdict(versus_paired["random-search"], "random-search", PAIRED)}
+    rival = versus_random_search(versus, versus_paired)
     curve = None
     if multiples:
         plot = Path(args.plot or f"bench/results/face_size_curve-{name}.png")
